@@ -1,0 +1,5 @@
+"""Allows `python -m wmpd`."""
+
+from wmpd.cli import main
+
+raise SystemExit(main())
