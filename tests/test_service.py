@@ -181,7 +181,7 @@ def test_paths_with_spaces_and_percent_are_quoted(home: Path, tmp_path: Path) ->
     content = service.render_systemd_unit([str(executable)], config, data_dir)
 
     unit = unit_sections(content)["Service"]
-    assert systemd_argv(unit["ExecStart"]) == [str(executable), "run", "--config", str(config)]
+    assert systemd_argv(unit["ExecStart"]) == [str(executable), "--config", str(config), "run"]
     assert systemd_argv(unit["ReadWritePaths"]) == [str(data_dir), "-%C"]
     # systemd itself finds the executable only if the quoting kept its path whole.
     result = verify_unit(content, tmp_path)
@@ -192,7 +192,7 @@ def test_multiword_executable_in_exec_start(home: Path) -> None:
     python = "/opt/Python 3/bin/python3"
     content = service.render_systemd_unit([python, "-m", "wmpd"], Path("/c.yaml"), home)
     exec_start = unit_sections(content)["Service"]["ExecStart"]
-    assert systemd_argv(exec_start) == [python, "-m", "wmpd", "run", "--config", "/c.yaml"]
+    assert systemd_argv(exec_start) == [python, "-m", "wmpd", "--config", "/c.yaml", "run"]
 
 
 @pytest.mark.parametrize("bad_name", ['say "cheese".yaml', "back\\slash.yaml", "$HOME.yaml"])
@@ -245,7 +245,7 @@ def test_plist_has_the_keys_launchd_needs(config: Path, home: Path) -> None:
     agent = plistlib.loads(plan.content.encode())
     executable = service.wmpd_executable()
     assert agent["Label"] == service.LAUNCHD_LABEL == "io.github.wmpd.daemon"
-    assert agent["ProgramArguments"] == [*executable, "run", "--config", str(config)]
+    assert agent["ProgramArguments"] == [*executable, "--config", str(config), "run"]
     assert agent["RunAtLoad"] is True
     assert agent["KeepAlive"] == {"SuccessfulExit": False}
     logs = home / "Library" / "Logs" / "wmpd"
@@ -267,11 +267,28 @@ def test_plist_splices_a_multiword_executable_and_escapes_xml(home: Path) -> Non
         "/usr/bin/python3",
         "-m",
         "wmpd",
-        "run",
         "--config",
         str(config),
+        "run",
     ]
     assert "@" not in content
+
+
+@pytest.mark.parametrize("manager", ["systemd", "launchd"])
+def test_service_command_line_is_one_wmpd_understands(home: Path, manager: str) -> None:
+    # Run the exact argv the service manager would, on an invalid config: wmpd must get
+    # as far as reading the config (exit 2 with its problems), not stop at a usage error.
+    config = home / "bad config.yaml"
+    config.write_text("bogus_key: 1\n")
+    plan = service.plan_install(config, home / "data", manager=manager)
+    if manager == "systemd":
+        argv = systemd_argv(unit_sections(plan.content)["Service"]["ExecStart"])
+    else:
+        argv = plistlib.loads(plan.content.encode())["ProgramArguments"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert "usage:" not in result.stderr
+    assert "bogus_key" in result.stderr
+    assert result.returncode == 2  # what RestartPreventExitStatus= names
 
 
 # --- templates shipped twice ----------------------------------------------------------

@@ -401,7 +401,7 @@ def _require_tools(manager: str, commands: list[list[str]]) -> None:
         raise ServiceError(
             f"{missing[0]} is not on PATH, so wmpd cannot be run as a {manager} service "
             f"here. Is {manager} this system's service manager? Otherwise start "
-            "`wmpd run --config PATH` from your own startup script."
+            "`wmpd --config PATH run` from your own startup script."
         )
 
 
