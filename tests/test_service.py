@@ -25,6 +25,8 @@ from wmpd.errors import ServiceError
 REPO = Path(__file__).resolve().parent.parent
 PACKAGED = REPO / "wmpd" / "resources"
 CALLS_LOG = "calls.log"
+# Where systemd looks up a command given without a path (systemd.exec(5)).
+SYSTEMD_EXEC_SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ToolFactory = Callable[..., Path]
 
@@ -104,6 +106,9 @@ def verify_unit(content: str, tmp_path: Path) -> subprocess.CompletedProcess[str
     analyze = shutil.which("systemd-analyze", path=os.defpath + ":/usr/bin:/bin")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install -y systemd)")
+    # ExecReload= names `kill`; systemd-analyze rejects a unit whose commands are missing.
+    if shutil.which("kill", path=SYSTEMD_EXEC_SEARCH_PATH) is None:
+        pytest.skip("kill is not installed (apt-get install -y procps)")
     unit_dir = tmp_path / "units"
     unit_dir.mkdir()
     unit = unit_dir / service.UNIT_NAME
