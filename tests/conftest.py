@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from wmpd.config import Config, load_config  # noqa: E402
+from wmpd.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "tests" / "models"
@@ -36,31 +37,37 @@ def tiny_weights() -> Path:
 ConfigFactory = Callable[..., Config]
 
 
+def write_test_config(
+    directory: Path,
+    *folders: Path,
+    extra: str = "",
+    data_dir: Path | None = None,
+    batch_size: int = 8,
+    port: int = 8756,
+    settle_seconds: float = 0.3,
+) -> Config:
+    """Write a real YAML config using the tiny model into `directory` and load it."""
+    folder_lines = "\n".join(f"  - path: {folder}" for folder in folders)
+    text = (
+        f"folders:\n{folder_lines}\n"
+        f"model:\n  name: {TINY_CONFIG}\n  pretrained: {TINY_WEIGHTS}\n"
+        f"  batch_size: {batch_size}\n  threads: 1\n"
+        f"index:\n  data_dir: {data_dir or directory / 'data'}\n"
+        f"server:\n  port: {port}\n"
+        f"watcher:\n  settle_seconds: {settle_seconds}\n"
+        f"{extra}"
+    )
+    path = directory / "config.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, tiny_weights: Path) -> ConfigFactory:
     """Write a real YAML config under tmp_path and load it through wmpd.config."""
 
-    def factory(
-        *folders: Path,
-        extra: str = "",
-        data_dir: Path | None = None,
-        batch_size: int = 8,
-        port: int = 8756,
-        settle_seconds: float = 0.3,
-    ) -> Config:
-        folder_lines = "\n".join(f"  - path: {folder}" for folder in folders)
-        text = (
-            f"folders:\n{folder_lines}\n"
-            f"model:\n  name: {TINY_CONFIG}\n  pretrained: {tiny_weights}\n"
-            f"  batch_size: {batch_size}\n  threads: 1\n"
-            f"index:\n  data_dir: {data_dir or tmp_path / 'data'}\n"
-            f"server:\n  port: {port}\n"
-            f"watcher:\n  settle_seconds: {settle_seconds}\n"
-            f"{extra}"
-        )
-        path = tmp_path / "config.yaml"
-        path.write_text(text)
-        return load_config(path)
+    def factory(*folders: Path, **options: Any) -> Config:
+        return write_test_config(tmp_path, *folders, **options)
 
     return factory
 

@@ -23,6 +23,7 @@ from wmpd.datadir import (
 )
 from wmpd.embedder import Embedder
 from wmpd.errors import CatalogError
+from wmpd.imaging import DecodeOptions
 from wmpd.indexer import Indexer, IndexStats, ProgressCallback, ReconcilePlan
 from wmpd.search import Searcher
 from wmpd.vectors import VectorIndex
@@ -43,6 +44,7 @@ def run_index(
     config: Config,
     on_plan: Any = None,
     on_progress: ProgressCallback | None = None,
+    decode_options: DecodeOptions | None = None,
 ) -> IndexRun:
     """Reconcile every configured folder with the catalog, embedding what is new.
 
@@ -59,7 +61,7 @@ def run_index(
         embedder = Embedder(config.model)
         embedder.load()
         vectors = open_vectors(catalog, data_dir, embedder.model_id, embedder.dim)
-        indexer = Indexer(catalog, vectors, embedder, config)
+        indexer = Indexer(catalog, vectors, embedder, config, decode_options)
         result = IndexRun(IndexStats())
         try:
             plans = _reconcile_all(indexer, config, catalog)
