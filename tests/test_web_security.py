@@ -394,7 +394,7 @@ def test_security_headers_on_every_response(
         headers = response.headers
         assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
         assert headers["X-Content-Type-Options"] == "nosniff"
-        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["Referrer-Policy"] == "same-origin"
         assert headers["X-Frame-Options"] == "DENY"
         response.close()
 
