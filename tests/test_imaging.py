@@ -201,6 +201,15 @@ def test_supported_extensions_without_pillow_heif() -> None:
     assert "heif" not in result.stdout
 
 
+def test_imaging_does_not_import_torch() -> None:
+    # The embedder is the only torch importer: decoding must stay light and fork-friendly.
+    code = "import sys, wmpd.imaging; print(sorted(m for m in sys.modules if 'torch' in m))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "[]"
+
+
 # formats and modes
 
 

@@ -114,18 +114,21 @@ def report(name: str, values: np.ndarray, record: Callable[[str, object], None])
     return summary
 
 
-@pytest.mark.parametrize("image_size", [224, 64])
-def test_pixels_identical_without_draft(
-    photos: list[Photo], image_size: int, record_property: Callable[[str, object], None]
+def assert_same_pixels(
+    photos: list[Photo], mine: np.ndarray, reference: np.ndarray, label: str, record: Any
 ) -> None:
-    preprocess = open_clip.image_transform(
-        image_size, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD
-    )
-    spec = PreprocessSpec(image_size, OPENAI_MEAN, OPENAI_STD)
-    difference = np.abs(ours(photos, spec, EXACT) - theirs(photos, preprocess))
-    worst = difference.reshape(len(photos), -1).max(axis=1)
-    report(f"max abs pixel difference at {image_size}, no draft", worst, record_property)
+    worst = np.abs(mine - reference).reshape(len(photos), -1).max(axis=1)
+    report(f"max abs pixel difference, {label}", worst, record)
     assert worst.max() <= 1e-6, [p.path.name for p, w in zip(photos, worst, strict=True) if w]
+
+
+def test_pixels_identical_without_draft(
+    photos: list[Photo], record_property: Callable[[str, object], None]
+) -> None:
+    preprocess = open_clip.image_transform(224, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
+    spec = PreprocessSpec(224, OPENAI_MEAN, OPENAI_STD)
+    mine, reference = ours(photos, spec, EXACT), theirs(photos, preprocess)
+    assert_same_pixels(photos, mine, reference, "224 px, no draft", record_property)
 
 
 def test_pillow_orientation_samples_match_open_clip() -> None:
@@ -147,8 +150,10 @@ def test_tiny_clip_embeddings(
     model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained=None)
     model.eval()
     spec = spec_of(preprocess, model.visual.image_size[0])
-    reference = embed(model, theirs(photos, preprocess))
-    exact = cosines(embed(model, ours(photos, spec, EXACT)), reference)
+    exact_pixels, reference_pixels = ours(photos, spec, EXACT), theirs(photos, preprocess)
+    assert_same_pixels(photos, exact_pixels, reference_pixels, "64 px, no draft", record_property)
+    reference = embed(model, reference_pixels)
+    exact = cosines(embed(model, exact_pixels), reference)
     fast = cosines(embed(model, ours(photos, spec, FAST)), reference)
     report("tiny-clip cosine, no draft", exact, record_property)
     summary = report("tiny-clip cosine, draft", fast, record_property)
