@@ -14,20 +14,19 @@ import hashlib
 import io
 import logging
 import os
-import re
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError, features
+from PIL import Image, UnidentifiedImageError, features
 from PIL.JpegImagePlugin import JpegImageFile
 
 from wmpd.errors import ImageError
+from wmpd.exif import Box, orient, orient_box, read_exif, read_orientation, read_taken_at
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ _JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
 _PIXEL_LIMIT_LOCK = threading.Lock()
 
 # A region of an image in pixel coordinates: left, top, right, bottom.
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -169,15 +167,15 @@ def decode_image(
         loaded = _load(image, draft_side)
         orientation = loaded.orientation if options.apply_exif else 1
         upright = _upright_size(loaded.full_size, orientation)
-        box = _orient_box(loaded.box, loaded.rgb.size, orientation)
-        rgb = _orient(loaded.rgb, orientation)
+        box = orient_box(loaded.box, loaded.rgb.size, orientation)
+        rgb = orient(loaded.rgb, orientation)
         gap = REDUCING_GAP if options.use_draft else None
         square = _resize_and_crop(rgb, side, upright, box, gap)
         return DecodedImage(
             pixels=_normalise(square, spec),
             width=upright[0],
             height=upright[1],
-            taken_at=_read_taken_at(loaded.exif),
+            taken_at=read_taken_at(loaded.exif),
             format=image.format or "UNKNOWN",
         )
 
@@ -188,7 +186,7 @@ def open_upright(
     """The first frame as an upright RGB image; JPEGs shrunk (short side >= min_side) if given."""
     with _image_errors(path, data):
         loaded = _load(_open_checked(data, path, max_image_pixels), min_side)
-        return _orient(loaded.rgb, loaded.orientation)
+        return orient(loaded.rgb, loaded.orientation)
 
 
 def make_thumbnail(data: bytes, path: Path, size: int, max_image_pixels: int) -> bytes:
@@ -199,7 +197,7 @@ def make_thumbnail(data: bytes, path: Path, size: int, max_image_pixels: int) ->
         loaded = _load(image, max(1, round(2 * size * min(image.size) / max(image.size))))
         rgb = loaded.rgb
         rgb.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
-        rgb = _orient(rgb, loaded.orientation)
+        rgb = orient(rgb, loaded.orientation)
         out = io.BytesIO()
         profile = _rgb_profile(image.info.get("icc_profile"))
         rgb.save(out, "JPEG", quality=THUMBNAIL_QUALITY, icc_profile=profile)
@@ -223,13 +221,13 @@ def _load(image: Image.Image, draft_side: int | None) -> _Loaded:
     # Load before reading the orientation: Pillow turns a TIFF upright while loading it and
     # drops the tag; read earlier, the tag would make us turn it a second time.
     image.load()
-    exif = _read_exif(image)
+    exif = read_exif(image)
     rgb = _to_rgb(image)
     return _Loaded(
         rgb=rgb,
         box=box or (0.0, 0.0, *rgb.size),
         full_size=full_size,
-        orientation=_read_orientation(exif),
+        orientation=read_orientation(exif),
         exif=exif,
     )
 
@@ -360,120 +358,6 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
         top = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
     gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
-
-
-# EXIF: orientation and capture time.
-
-_TRANSPOSE_FOR_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-# Where point (x, y) of a w-by-h image lands after each transposition (used to carry a
-# draft's content box through the rotation).
-_MOVE_POINT: dict[Image.Transpose, Callable[[float, float, float, float], tuple[float, float]]] = {
-    Image.Transpose.FLIP_LEFT_RIGHT: lambda x, y, w, h: (w - x, y),
-    Image.Transpose.FLIP_TOP_BOTTOM: lambda x, y, w, h: (x, h - y),
-    Image.Transpose.ROTATE_180: lambda x, y, w, h: (w - x, h - y),
-    Image.Transpose.ROTATE_90: lambda x, y, w, h: (y, w - x),
-    Image.Transpose.ROTATE_270: lambda x, y, w, h: (h - y, x),
-    Image.Transpose.TRANSPOSE: lambda x, y, w, h: (y, x),
-    Image.Transpose.TRANSVERSE: lambda x, y, w, h: (h - y, w - x),
-}
-_EXIF_TIME = re.compile(r"\s*(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
-_EXIF_OFFSET = re.compile(r"\s*([+-])(\d{2}):?(\d{2})")
-
-
-def _read_exif(image: Image.Image) -> Image.Exif | None:
-    try:
-        return image.getexif()
-    except Exception:  # a broken EXIF block must not cost us the picture itself
-        logger.debug("unreadable EXIF ignored", exc_info=True)
-        return None
-
-
-def _read_orientation(exif: Image.Exif | None) -> int:
-    value = exif.get(ExifTags.Base.Orientation, 1) if exif is not None else 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
-def _orient(image: Image.Image, orientation: int) -> Image.Image:
-    method = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
-    return image if method is None else image.transpose(method)
-
-
-def _orient_box(box: Box, size: tuple[int, int], orientation: int) -> Box:
-    method = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
-    if method is None:
-        return box
-    move = _MOVE_POINT[method]
-    xa, ya = move(box[0], box[1], *size)
-    xb, yb = move(box[2], box[3], *size)
-    return (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
-
-
-def _read_taken_at(exif: Image.Exif | None) -> float | None:
-    """DateTimeOriginal, else DateTime, as UNIX seconds; None when absent or invalid."""
-    if exif is None:
-        return None
-    try:
-        details = exif.get_ifd(ExifTags.IFD.Exif)
-    except Exception:  # a broken sub-IFD: fall back to IFD0's DateTime alone
-        details = {}
-    base = ExifTags.Base
-    candidates = (
-        (
-            details.get(base.DateTimeOriginal),
-            details.get(base.OffsetTimeOriginal),
-            details.get(base.SubsecTimeOriginal),
-        ),
-        (exif.get(base.DateTime), details.get(base.OffsetTime), details.get(base.SubsecTime)),
-    )
-    for stamp, offset, subsec in candidates:
-        seconds = _parse_exif_time(stamp, offset, subsec)
-        if seconds is not None:
-            return seconds
-    return None
-
-
-def _parse_exif_time(stamp: object, offset: object, subsec: object) -> float | None:
-    match = _EXIF_TIME.match(_exif_text(stamp))
-    if match is None:
-        return None
-    year, month, day, hour, minute, second = (int(part) for part in match.groups())
-    try:
-        # Without an offset tag the time is the camera's wall clock: local time is the best
-        # guess (datetime.timestamp() reads a naive time as local).
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=_exif_zone(offset))
-        seconds = moment.timestamp()
-    except (ValueError, OverflowError, OSError):  # "0000:00:00 00:00:00" placeholders
-        return None
-    digits = _exif_text(subsec).strip()
-    if digits.isdigit():
-        seconds += int(digits) / 10 ** len(digits)
-    return seconds
-
-
-def _exif_zone(offset: object) -> timezone | None:
-    match = _EXIF_OFFSET.match(_exif_text(offset))
-    if match is None:
-        return None
-    sign, hours, minutes = match.groups()
-    delta = timedelta(hours=int(hours), minutes=int(minutes))
-    try:
-        return timezone(-delta if sign == "-" else delta)
-    except ValueError:  # 24 hours or more
-        return None
-
-
-def _exif_text(value: object) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    return value.strip("\x00 ") if isinstance(value, str) else ""
 
 
 def _resize_and_crop(
