@@ -152,6 +152,12 @@ class Catalog:
         self.path = path
         self.readonly = readonly
         self._dirty = False
+        if readonly and not path.exists():
+            # sqlite3 would create an empty file and fail later with "no such table".
+            raise CatalogError(
+                f"no catalog at {path} yet: run `wmpd index` (or start the daemon with "
+                f"`wmpd run`) first"
+            )
         try:
             if not readonly:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +354,11 @@ class Catalog:
         return row.image_id if self.orphan_if_unreferenced(row.image_id) else None
 
     def move_path(self, old: str, new: str, root_id: int) -> bool:
-        """A rename: the path row follows the file, the image is untouched."""
+        """A rename: the path row follows the file, the image is untouched.
+
+        A rename over another file drops that file's row; the caller orphans its image
+        when that was its last path (and takes it out of the vector index).
+        """
         if self.path_row(old) is None:
             return False
         self._db.execute("DELETE FROM paths WHERE path = ?", (new,))
@@ -356,12 +366,16 @@ class Catalog:
             "UPDATE paths SET path = ?, root_id = ?, seen_at = ? WHERE path = ?",
             (new, root_id, time.time(), old),
         )
-        self._db.execute("DELETE FROM failures WHERE path = ?", (old,))
+        self._db.execute("DELETE FROM failures WHERE path IN (?, ?)", (old, new))
         self._dirty = True
         return True
 
     def move_tree(self, old_dir: str, new_dir: str, root_id: int) -> int:
-        """A directory rename: rewrite every path under it in one statement."""
+        """A directory rename: rewrite every path under it in one statement.
+
+        Rows already at the destination are replaced; as for move_path, the caller orphans
+        images that lost their last path that way.
+        """
         old_prefix = old_dir.rstrip("/") + "/"
         new_prefix = new_dir.rstrip("/") + "/"
         cursor = self._db.execute(

@@ -212,10 +212,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = _load_config(args)
     if not args.query and not args.image:
         raise QueryError("query", 'give a description (wmpd search "a dog") or --image PATH')
+    # Read the example picture first: a wrong path is reported before a model is loaded,
+    # and the same way whether a daemon answers or not.
+    image = _read_query_image(args.image) if args.image else None
     filters = Filters(folder=str(Path(args.folder).expanduser().resolve()) if args.folder else None)
-    page = None if args.local else _search_via_daemon(config, args)
+    page = None if args.local else _search_via_daemon(config, args, image, filters)
     if page is None:
-        page = _search_locally(config, args, filters)
+        page = _search_locally(config, args, image, filters)
     if args.json:
         _print_json(page)
         return EXIT_OK
@@ -226,30 +229,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _search_via_daemon(config: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+def _read_query_image(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise QueryError("--image", f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _search_via_daemon(
+    config: Any, args: argparse.Namespace, image: bytes | None, filters: Any
+) -> dict[str, Any] | None:
     from wmpd.client import DaemonClient
 
     client = DaemonClient.for_config(config)
     if not client.is_up():
         return None
-    if args.image:
-        return client.search_image(Path(args.image).read_bytes(), args.query, args.k, args.offset)
-    return client.search_text(args.query, args.k, args.offset, args.folder)
+    # The daemon gets the folder resolved here: its working directory is not ours.
+    if image is not None:
+        return client.search_image(image, args.query, args.k, args.offset, filters.folder)
+    return client.search_text(args.query, args.k, args.offset, filters.folder)
 
 
-def _search_locally(config: Any, args: argparse.Namespace, filters: Any) -> dict[str, Any]:
+def _search_locally(
+    config: Any, args: argparse.Namespace, image: bytes | None, filters: Any
+) -> dict[str, Any]:
     from wmpd.library import open_local_search
 
     local = open_local_search(config)
     try:
         searcher = local.searcher
         vector = None
-        if args.image:
-            try:
-                data = Path(args.image).read_bytes()
-            except OSError as exc:
-                raise QueryError("--image", f"cannot read {args.image}: {exc.strerror}") from exc
-            vector = searcher.image_vector_from_bytes(data, args.image)
+        if image is not None:
+            vector = searcher.image_vector_from_bytes(image, args.image)
         if args.query:
             text_vector = searcher.text_vector(args.query, "query")
             vector = text_vector if vector is None else vector + text_vector

@@ -69,7 +69,9 @@ class DaemonClient:
             params["folder"] = folder
         return self._call(f"/api/search?{urllib.parse.urlencode(params)}")
 
-    def search_image(self, image: bytes, query: str, k: int, offset: int = 0) -> dict[str, Any]:
+    def search_image(
+        self, image: bytes, query: str, k: int, offset: int = 0, folder: str | None = None
+    ) -> dict[str, Any]:
         boundary = uuid.uuid4().hex
         parts = [
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="query"\r\n'
@@ -77,7 +79,8 @@ class DaemonClient:
             + image
             + b"\r\n"
         ]
-        for name, value in (("q", query), ("k", str(k)), ("offset", str(offset))):
+        fields = (("q", query), ("k", str(k)), ("offset", str(offset)), ("folder", folder or ""))
+        for name, value in fields:
             if value:
                 parts.append(
                     f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
