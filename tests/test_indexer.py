@@ -310,6 +310,18 @@ def test_deleting_a_broken_file_forgets_its_failure(
     assert str(broken) not in state_of(config).failures
 
 
+def test_a_file_name_that_is_not_utf8_does_not_stop_the_run(
+    folder: images.MixedFolder, config: Config, photos_dir: Path
+) -> None:
+    with open(os.path.join(os.fsencode(photos_dir), b"Sch\xf6n.jpg"), "wb") as latin1_name:
+        latin1_name.write(images.encode_good("jpeg", seed=400))
+
+    result = index(config)
+
+    assert result == stats(added=GOOD, failed=len(folder.broken), embedded=GOOD)
+    assert set(state_of(config).paths) == {str(p) for p in folder.good}
+
+
 # -- roots ----------------------------------------------------------------------------------
 
 

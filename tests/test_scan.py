@@ -153,6 +153,29 @@ def test_directories_and_specials_named_like_photos_are_not_candidates(tmp_path:
     assert fingerprint(root / "folder.jpg") is None
 
 
+def test_names_that_are_not_utf8_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    touch(tmp_path / "good.jpg")
+    raw_root = os.fsencode(tmp_path)
+    with open(os.path.join(raw_root, b"caf\xe9.jpg"), "wb") as latin1_file:
+        latin1_file.write(b"x")
+    os.mkdir(os.path.join(raw_root, b"f\xeate"))
+    with open(os.path.join(raw_root, b"f\xeate", b"inside.jpg"), "wb") as inside:
+        inside.write(b"x")
+    tree = rules(tmp_path)
+    bad_file = Path(os.fsdecode(os.path.join(raw_root, b"caf\xe9.jpg")))
+    bad_dir = Path(os.fsdecode(os.path.join(raw_root, b"f\xeate")))
+
+    assert walked(tree) == ["good.jpg"]
+    assert not is_candidate(bad_file, tree)
+    assert not is_candidate(bad_dir / "inside.jpg", tree)
+    assert not is_walkable_dir(bad_dir, tree)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "wmpd.scan"]
+    assert len(warnings) == 2
+    assert all("not valid UTF-8" in message for message in warnings)
+
+
 def test_fingerprint_is_size_and_mtime(tmp_path: Path) -> None:
     path = touch(tmp_path / "a.jpg", b"abc")
     os.utime(path, ns=(1_000_000_000, 2_000_000_123))

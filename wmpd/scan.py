@@ -3,16 +3,23 @@
 Symlink policy: symlinked files inside a root are followed (the link's path is the path
 catalogued); symlinked directories are not descended into, which rules out loops and
 keeps a root from reaching outside itself.
+
+Names that are not valid UTF-8 (Python hands them over with surrogate escapes) cannot be
+stored in the catalog's text columns; such files and folders are skipped with a warning
+instead of failing the whole batch they would land in.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,22 @@ def has_wanted_extension(name: str, extensions: frozenset[str]) -> bool:
     return suffix in extensions
 
 
+def is_storable_name(name: str) -> bool:
+    """Can this path be stored as text (is it valid UTF-8 on disk)?"""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_candidate(path: Path, rules: RootRules) -> bool:
     """Does this path (file, existing or not) belong to the index under these rules?"""
     try:
         relative = path.relative_to(rules.root)
     except ValueError:
         return False
-    if not relative.parts:
+    if not relative.parts or not is_storable_name(str(relative)):
         return False
     if not rules.recursive and len(relative.parts) > 1:
         return False
@@ -73,7 +89,7 @@ def is_walkable_dir(path: Path, rules: RootRules) -> bool:
         return False
     if not relative.parts:
         return True
-    if not rules.recursive:
+    if not rules.recursive or not is_storable_name(str(relative)):
         return False
     return not is_excluded(PurePosixPath(*relative.parts), rules.exclude)
 
@@ -103,6 +119,13 @@ def walk_root(rules: RootRules) -> Iterator[tuple[Path, Fingerprint]]:
         except OSError:
             continue
         for entry in sorted(entries, key=lambda e: e.name):
+            if not is_storable_name(entry.name):
+                logger.warning(
+                    "skipping %r: its name is not valid UTF-8, which the catalog cannot "
+                    "store; rename it to index it",
+                    entry.path,
+                )
+                continue
             path = Path(entry.path)
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
