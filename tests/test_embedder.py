@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,34 @@ def test_an_image_encodes_the_same_alone_and_in_a_batch(
     alone = np.concatenate([embedder.encode_images(pixels[i : i + 1]) for i in range(4)])
 
     np.testing.assert_allclose(batch, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_models_load_and_stay_close_to_fp32(
+    embedder: Embedder,
+    reference: tuple[torch.nn.Module, object, object],
+    tiny_weights: Path,
+    precision: str,
+) -> None:
+    _, preprocess, _ = reference
+    pixels = torch.stack(
+        [preprocess(images.scene(seed)) for seed in range(3)]  # type: ignore[operator]
+    ).numpy()
+    texts = ["a red circle", " ".join(["a green star on the grass"] * 5)]
+    reduced = Embedder(replace(tiny_model_config(tiny_weights), precision=precision))
+
+    reduced.load()
+
+    assert reduced.model_id == f"{embedder.model_id}@{precision}"
+    image_vectors = reduced.encode_images(pixels)
+    text_vectors = reduced.encode_texts(texts)
+    for ours, full in (
+        (image_vectors, embedder.encode_images(pixels)),
+        (text_vectors, embedder.encode_texts(texts)),
+    ):
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+        assert (ours * full).sum(axis=1).min() >= 0.99
 
 
 # -- text -----------------------------------------------------------------------------------

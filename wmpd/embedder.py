@@ -124,9 +124,7 @@ class Embedder:
             raise ModelLoadError(_explain_load_failure(self.config, exc)) from exc
         model.eval()
         if self.config.precision == "int8":
-            model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-                model, {torch.nn.Linear}, dtype=torch.qint8
-            )
+            model = _quantize_int8(model)
         self._spec = _spec_from_preprocess(preprocess)
         self._tokenizer = open_clip.get_tokenizer(name)
         with torch.inference_mode():
@@ -229,9 +227,36 @@ def _encode_text_truncated(model: Any, tokens: Any) -> Any:
     return x @ projection
 
 
-def _model_dtype(model: Any) -> Any:
+def _quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantisation of every Linear layer (weights int8, activations float).
+
+    open_clip asks a block's `mlp.c_fc.weight.dtype` for the dtype to compute in, and a
+    quantised Linear has no such tensor; `int8_original_dtype` is open_clip's own hook
+    for int8 layers, so the blocks keep computing in float32.
+    """
     import torch
 
+    quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        model, {torch.nn.Linear}, dtype=torch.qint8
+    )
+    for module in quantized.modules():
+        fc = getattr(getattr(module, "mlp", None), "c_fc", None)
+        if fc is not None and not isinstance(fc, torch.nn.Linear):
+            fc.int8_original_dtype = torch.float32
+    return quantized
+
+
+def _model_dtype(model: Any) -> Any:
+    """The dtype image input must have: that of the first layer's weights.
+
+    With bf16, open_clip converts convolutions and linear layers but keeps embeddings
+    and norms in float32, so the first parameter found is not the one to go by.
+    """
+    import torch
+
+    weight = getattr(getattr(getattr(model, "visual", None), "conv1", None), "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point:
+        return weight.dtype
     try:
         dtype = next(model.visual.parameters()).dtype
     except (AttributeError, StopIteration):
