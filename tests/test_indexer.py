@@ -322,6 +322,22 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_run(
     assert set(state_of(config).paths) == {str(p) for p in folder.good}
 
 
+def test_the_configured_limits_refuse_big_files_and_big_pictures(
+    make_config: ConfigFactory, photos_dir: Path
+) -> None:
+    small = images.write_good(photos_dir / "small.png", "png-rgb", seed=1, side=48)
+    wide = images.write_good(photos_dir / "wide.png", "png-rgb", seed=2, side=200)
+    heavy = images.write_good(photos_dir / "heavy.bmp", "bmp", seed=3, side=48)
+    limits = "limits:\n  max_file_bytes: 4000\n  max_image_pixels: 5000\n"
+    config = make_config(photos_dir, extra=limits)
+
+    assert index(config) == stats(added=1, failed=2, embedded=1)
+
+    after = state_of(config)
+    assert set(after.paths) == {str(small)}
+    assert after.failures == {str(wide): "too_many_pixels", str(heavy): "too_large"}
+
+
 # -- roots ----------------------------------------------------------------------------------
 
 

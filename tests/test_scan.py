@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wmpd.config_schema import DEFAULT_EXCLUDE, DEFAULT_EXTENSIONS
 from wmpd.scan import (
@@ -56,6 +59,43 @@ def test_exclude_globs_match_a_component_or_the_whole_path(
     relative: str, patterns: tuple[str, ...], excluded: bool
 ) -> None:
     assert is_excluded(PurePosixPath(relative), patterns) is excluded
+
+
+_NAME_PART = st.sampled_from(["a", "B", ".hidden", "@eaDir", "raw", "Screenshots", "x y", "ü"])
+_FILE_NAME = st.builds(
+    lambda stem, ext: f"{stem}{ext}",
+    st.sampled_from(["p", ".dot", "raw", "img.tmp"]),
+    st.sampled_from([".jpg", ".JPG", ".png", ".txt", "", ".jpeg.bak", ".HeIc"]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    files=st.lists(
+        st.tuples(st.lists(_NAME_PART, max_size=3), _FILE_NAME), min_size=1, max_size=12
+    ),
+    recursive=st.booleans(),
+    exclude=st.lists(st.sampled_from(["raw", "raw/*", "*.tmp.jpg", "B/a", "x*"]), max_size=2),
+)
+def test_the_walk_finds_exactly_the_files_is_candidate_accepts(
+    files: list[tuple[list[str], str]], recursive: bool, exclude: list[str]
+) -> None:
+    # The watcher decides with is_candidate, a rescan with walk_root: if they disagreed,
+    # every rescan would delete what the watcher added (or the reverse).
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        written = set()
+        for parts, name in files:
+            path = root.joinpath(*parts, name)
+            if any(p.is_file() for p in path.parents) or path.is_dir():
+                continue  # a name already used as a file (or folder) higher up
+            touch(path)
+            written.add(path)
+        tree = rules(root, recursive=recursive, exclude=tuple(exclude))
+
+        found = {path for path, _ in walk_root(tree)}
+
+        assert found == {path for path in written if is_candidate(path, tree)}
 
 
 def test_walk_finds_candidates_and_skips_excluded_files_and_folders(tmp_path: Path) -> None:
