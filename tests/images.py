@@ -1,10 +1,11 @@
 """Test image files of every kind, written with Pillow (or by hand where Pillow cannot).
 
 Good kinds cover the modes and containers a photo folder holds (8-bit and 16-bit grey,
-palette with and without transparency, alpha, CMYK, float TIFF, animated GIF, every EXIF
-orientation). Broken kinds are the files a real folder also holds: empty, cut short,
-random bytes, text with an image extension, and a PNG whose header claims ten billion
-pixels (a decompression bomb that must be refused before any pixel is decoded).
+palette with and without transparency, alpha, CMYK, 32-bit integer and float TIFF,
+animated GIF, WebP, HEIC when pillow-heif is installed, every EXIF orientation). Broken
+kinds are the files a real folder also holds: empty, cut short, random bytes, text with
+an image extension, and a PNG whose header claims ten billion pixels (a decompression
+bomb that must be refused before any pixel is decoded).
 
 Content comes from the procedural scene renderer, so distinct seeds give distinct files
 (distinct content hashes) that the tiny test model can tell apart. Sizes stay small.
@@ -43,6 +44,16 @@ _STORE_TRANSPOSE: dict[int, Image.Transpose] = {
     8: Image.Transpose.ROTATE_270,
 }
 
+
+def _heif_encoder_available() -> bool:
+    try:
+        import pillow_heif  # the optional dependency that wmpd decodes HEIC with
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
 # kind → file suffix; every kind here decodes.
 GOOD_KINDS: dict[str, str] = {
     "jpeg": ".jpg",
@@ -64,7 +75,9 @@ GOOD_KINDS: dict[str, str] = {
     "bmp": ".bmp",
     "tiff": ".tif",
     "tiff-float": ".tiff",
+    "tiff-i32": ".tif",
     **{f"jpeg-exif-{o}": ".jpg" for o in _STORE_TRANSPOSE},
+    **({"heic": ".heic"} if _heif_encoder_available() else {}),
 }
 
 # kind → (file suffix, the failure reason wmpd records for it).
@@ -125,6 +138,11 @@ def encode_good(kind: str, seed: int = 0, side: int = DEFAULT_SIDE) -> bytes:
         image.save(out, "BMP")
     elif kind == "tiff":
         image.save(out, "TIFF")
+    elif kind == "tiff-i32":
+        grey = np.asarray(image.convert("L"), dtype=np.int32) * 40_000
+        Image.fromarray(grey).save(out, "TIFF")
+    elif kind == "heic":
+        image.save(out, "HEIF", quality=80)
     elif kind == "tiff-float":
         grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
         Image.fromarray(grey, mode="F").save(out, "TIFF")

@@ -117,6 +117,29 @@ def test_the_first_run_indexes_every_good_file_and_records_every_broken_one(
     assert set(after.paths) == {str(p) for p in folder.good}
     assert len(after.visible) == 60
     assert after.failures == {str(p): reason for p, reason in folder.broken.items()}
+    catalog = Catalog(DataDir(config.index.data_dir).catalog_path, readonly=True)
+    try:
+        for path in folder.good:
+            image = catalog.image(after.paths[str(path)])
+            assert image is not None
+            # Every kind is stored upright (EXIF applied) and named by its container.
+            assert (image.width, image.height) == (images.DEFAULT_SIDE, 36), path.name
+            assert image.format == _FORMAT_OF_SUFFIX[path.suffix], path.name
+    finally:
+        catalog.close()
+
+
+_FORMAT_OF_SUFFIX = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".heic": "HEIF",
+}
 
 
 def test_a_second_run_finds_everything_unchanged(
