@@ -131,6 +131,17 @@ def test_unknown_ids_and_paths_are_lookup_errors(library: Library) -> None:
         library.searcher.image_vector_from_id(987_654)
     with pytest.raises(LookupError):
         library.searcher.image_id_for_path("/not/indexed.jpg")
+    with pytest.raises(LookupError):  # JSON can carry lone surrogates; SQLite cannot
+        library.searcher.image_id_for_path("/photos/\udcff.jpg")
+
+
+def test_a_folder_filter_that_is_not_utf8_names_the_parameter(library: Library) -> None:
+    query = library.searcher.text_vector("a dog")
+
+    with pytest.raises(QueryError) as caught:
+        library.searcher.search(query, k=5, filters=Filters(folder="/photos/\udcff"))
+
+    assert caught.value.parameter == "folder"
 
 
 def test_pages_are_consecutive_and_the_last_has_no_next(library: Library) -> None:

@@ -149,6 +149,8 @@ class Searcher:
         return vector.astype(np.float32)
 
     def image_id_for_path(self, path: str) -> int:
+        if not _is_utf8(path):  # e.g. "\udcff" from JSON: never a catalogued path
+            raise LookupError(f"{path!r} is not in the catalog")
         row = self.catalog().path_row(path)
         if row is None:
             raise LookupError(f"{path} is not in the catalog")
@@ -169,6 +171,8 @@ class Searcher:
             raise QueryError("k", f"must be between 1 and {MAX_K}")
         if not 0 <= offset <= MAX_OFFSET:
             raise QueryError("offset", f"must be between 0 and {MAX_OFFSET}")
+        if filters.folder is not None and not _is_utf8(filters.folder):
+            raise QueryError("folder", "must be valid UTF-8 text")
         vectors = self._vectors()
         if vectors is None or len(vectors) == 0:
             return SearchPage([], _ms_since(started), None)
@@ -242,6 +246,15 @@ class Searcher:
                 )
             )
         return hits
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text with lone surrogates, which SQLite cannot take as a parameter."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unit(vector: np.ndarray, parameter: str) -> np.ndarray:
