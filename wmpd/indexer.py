@@ -8,20 +8,26 @@ then mirrors the committed result into FAISS.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from wmpd.catalog import ROOT_OFFLINE, ROOT_ONLINE, Catalog, NewImage
+from wmpd.catalog import ROOT_OFFLINE, ROOT_ONLINE, Catalog, FailureRow, NewImage, PathRow
 from wmpd.config import Config, FolderConfig
 from wmpd.embedder import Embedder
 from wmpd.errors import ImageError
 from wmpd.imaging import DecodeOptions
 from wmpd.pipeline import Candidate, Prepared, Preparer
-from wmpd.scan import RootRules, fingerprint, root_problem, walk_root
+from wmpd.scan import (
+    Fingerprint,
+    RootRules,
+    is_candidate,
+    is_walkable_dir,
+    root_problem,
+    walk_root,
+)
 from wmpd.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -93,12 +99,18 @@ class Indexer:
 
     # -- reconcile ----------------------------------------------------------------------
 
-    def reconcile(self, folder: FolderConfig) -> ReconcilePlan:
-        """Compare a root with the catalog (size + mtime_ns; content later, when read)."""
+    def reconcile(self, folder: FolderConfig, under: Path | None = None) -> ReconcilePlan:
+        """Compare a root (or one directory `under` it) with the catalog.
+
+        Size + mtime_ns decide what is read again; the content hash decides later, when
+        it is read, whether anything is embedded.
+        """
         root_path = str(folder.path)
         with self.catalog.transaction():
             root_id = self.catalog.ensure_root(root_path)
         plan = ReconcilePlan(root_id=root_id, root=folder.path)
+        if under is not None and under != folder.path:
+            return self._reconcile_dir(folder, plan, under)
         problem = root_problem(folder.path)
         known = self.catalog.paths_of_root(root_id)
         if problem is None and known and _is_empty_dir(folder.path):
@@ -114,9 +126,48 @@ class Indexer:
             return plan
         self._set_root_state(root_id, ROOT_ONLINE, None)
         failures = self.catalog.failures_of_root(root_id)
+        self._compare(plan, walk_root(rules_for(folder, self.config)), known, failures)
+        return plan
+
+    def _reconcile_dir(
+        self, folder: FolderConfig, plan: ReconcilePlan, under: Path
+    ) -> ReconcilePlan:
+        """One directory that appeared, vanished or lost its events; only while the root is
+        readable, so an unmounted disk never reads as "everything deleted"."""
+        problem = root_problem(folder.path)
+        if problem is not None:
+            plan.offline_reason = problem
+            return plan
+        rules = rules_for(folder, self.config)
+        prefix = str(under).rstrip("/") + "/"
+        known = {
+            row.path: row
+            for row in self.catalog.paths_under(str(under))
+            if row.root_id == plan.root_id
+        }
+        failures = {
+            path: row
+            for path, row in self.catalog.failures_of_root(plan.root_id).items()
+            if path.startswith(prefix)
+        }
+        found: Iterable[tuple[Path, Fingerprint]] = ()
+        if under.is_relative_to(folder.path) and is_walkable_dir(under, rules):
+            sub_rules = RootRules(under, rules.recursive, rules.extensions, rules.exclude)
+            # Exclude globs are relative to the root, so every file is checked against it.
+            found = ((p, f) for p, f in walk_root(sub_rules) if is_candidate(p, rules))
+        self._compare(plan, found, known, failures)
+        return plan
+
+    def _compare(
+        self,
+        plan: ReconcilePlan,
+        found_on_disk: Iterable[tuple[Path, Fingerprint]],
+        known: dict[str, PathRow],
+        failures: dict[str, FailureRow],
+    ) -> None:
         stale = self._stale_image_ids()
         on_disk: set[str] = set()
-        for path, found in walk_root(rules_for(folder, self.config)):
+        for path, found in found_on_disk:
             key = str(path)
             on_disk.add(key)
             row = known.get(key)
@@ -134,10 +185,9 @@ class Indexer:
             ):
                 plan.unchanged += 1  # failed before and unchanged since: not retried
                 continue
-            plan.upserts.append(Candidate(path, root_id, found))
+            plan.upserts.append(Candidate(path, plan.root_id, found))
         plan.deletes = sorted(set(known) - on_disk)
         plan.deletes += sorted(set(failures) - on_disk)
-        return plan
 
     def _stale_image_ids(self) -> set[int]:
         """Images embedded by another model: they are re-embedded with the current one."""
@@ -178,22 +228,38 @@ class Indexer:
         candidates: list[Candidate],
         on_progress: ProgressCallback | None = None,
         moved_from: set[int] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> IndexStats:
-        """Index these files: link known content, embed new content, record failures."""
+        """Index these files: link known content, embed new content, record failures.
+
+        `stop` is asked after each committed batch; when it says so the rest is abandoned
+        (nothing half-done: the next reconcile finds what was left).
+        """
         stats = IndexStats()
-        batch: list[Prepared] = []
-        for prepared in self._preparer_for().prepare_all(candidates):
-            batch.append(prepared)
-            if sum(p.decoded is not None for p in batch) >= self.config.model.batch_size:
+        preparer = self._preparer_for()
+        items = preparer.prepare_all(candidates)
+        try:
+            batch: list[Prepared] = []
+            for prepared in items:
+                batch.append(prepared)
+                if sum(p.decoded is not None for p in batch) >= self.config.model.batch_size:
+                    self._commit_batch(batch, stats, moved_from or set())
+                    if on_progress:
+                        on_progress(len(batch))
+                    batch = []
+                    if stop is not None and stop():
+                        return stats
+            if batch:
                 self._commit_batch(batch, stats, moved_from or set())
                 if on_progress:
                     on_progress(len(batch))
-                batch = []
-        if batch:
-            self._commit_batch(batch, stats, moved_from or set())
-            if on_progress:
-                on_progress(len(batch))
-        return stats
+            return stats
+        finally:
+            getattr(items, "close", lambda: None)()  # let the decode threads finish first
+            # Every call runs its own decode threads, each with its own read-only catalog
+            # connection; the daemon calls this once per chunk, so they are closed here
+            # rather than piling up until the file descriptors run out.
+            preparer.close()
 
     def _preparer_for(self) -> Preparer:
         if self._preparer is None:
@@ -289,6 +355,14 @@ class Indexer:
         else:
             stats.added += 1
 
+    def record_failure(self, candidate: Candidate, reason: str, detail: str) -> None:
+        """Record a file that broke the pipeline itself, so it is not retried until it changes."""
+        orphaned: list[int] = []
+        with self.catalog.transaction():
+            error = ImageError(str(candidate.path), reason, detail)
+            self._record_failure(candidate, error, IndexStats(), orphaned)
+        self._mirror([], orphaned)
+
     def _record_failure(
         self, candidate: Candidate, error: ImageError, stats: IndexStats, orphaned: list[int]
     ) -> None:
@@ -323,11 +397,33 @@ class Indexer:
         return stats
 
     def move(self, old: Path, new: Path, root_id: int, is_dir: bool) -> int:
-        """A rename inside the collection: path rows follow, nothing is re-embedded."""
+        """A rename inside the collection: path rows follow, nothing is re-embedded.
+
+        A rename may overwrite what was at the destination; an image that loses its last
+        path that way is orphaned and leaves the vector index like any deleted one.
+        """
         with self.catalog.transaction():
             if is_dir:
-                return self.catalog.move_tree(str(old), str(new), root_id)
-            return int(self.catalog.move_path(str(old), str(new), root_id))
+                displaced = {row.image_id for row in self.catalog.paths_under(str(new))}
+                moved = self.catalog.move_tree(str(old), str(new), root_id)
+            else:
+                row = self.catalog.path_row(str(new))
+                displaced = {row.image_id} if row is not None else set()
+                moved = int(self.catalog.move_path(str(old), str(new), root_id))
+                if moved:
+                    self.catalog.clear_failure(str(new))
+                else:
+                    self.catalog.clear_failure(str(old))
+            orphaned = [i for i in displaced if self._orphan_now(i)]
+        self._mirror([], orphaned)
+        return moved
+
+    def _orphan_now(self, image_id: int) -> bool:
+        """Orphan the image if nothing points at it; True only when it just became one."""
+        image = self.catalog.image(image_id)
+        if image is None or image.orphaned:
+            return False
+        return self.catalog.orphan_if_unreferenced(image_id)
 
     def forget_root(self, root_id: int) -> int:
         """The user removed a folder from the config: its paths go, images become orphans."""
@@ -356,19 +452,8 @@ class Indexer:
                 self.vectors.add(ids, mat)
 
 
-def candidates_from_paths(paths: Iterable[Path], root_id: int) -> Iterator[Candidate]:
-    for path in paths:
-        found = fingerprint(path)
-        if found is not None:
-            yield Candidate(path, root_id, found)
-
-
 def _is_empty_dir(path: Path) -> bool:
     try:
         return not any(path.iterdir())
     except OSError:
         return False
-
-
-def elapsed_since(start: float) -> float:
-    return max(time.perf_counter() - start, 1e-9)
