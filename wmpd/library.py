@@ -128,12 +128,15 @@ def catalog_status(config: Config) -> dict[str, Any]:
 
     data_dir = DataDir(config.index.data_dir)
     model_id = model_id_for(config.model)
+    writer = lock_holder(data_dir)
     status: dict[str, Any] = {
-        "state": "stopped",
+        "state": "stopped" if writer is None else "running",
         "data_dir": str(data_dir.path),
         "model_id": model_id,
-        "writer": lock_holder(data_dir),
+        "writer": writer,
     }
+    if writer is not None:
+        status["state_detail"] = f"{writer} holds the data directory"
     if not data_dir.exists():
         status.update(
             images=0,
@@ -173,7 +176,24 @@ def catalog_status(config: Config) -> dict[str, Any]:
         )
     finally:
         catalog.close()
+    live = _live_daemon_status(data_dir, writer)
+    if live is not None:
+        # A running daemon knows more than its files (progress, roots being watched):
+        # its own snapshot wins, the catalog's counts fill in the rest.
+        status.update({k: v for k, v in live.items() if k != "pid"})
     return status
+
+
+def _live_daemon_status(data_dir: DataDir, writer: str | None) -> dict[str, Any] | None:
+    """The snapshot the running daemon mirrors to disk, when it is that daemon's."""
+    from wmpd.status import read_status_file
+
+    if writer is None:
+        return None
+    live = read_status_file(data_dir.path)
+    if live is None or f"(pid {live.get('pid')}," not in writer:
+        return None  # left behind by a daemon that was killed, or another writer
+    return live
 
 
 def _stored_dim(catalog: Catalog, model_id: str) -> int:
