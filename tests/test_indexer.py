@@ -28,10 +28,11 @@ from wmpd.catalog import Catalog
 from wmpd.config import Config
 from wmpd.datadir import DataDir, acquire_writer_lock, index_stamp, lock_holder
 from wmpd.embedder import Embedder, model_id_for
-from wmpd.errors import IndexLockedError
+from wmpd.errors import CatalogError, IndexLockedError
 from wmpd.indexer import Indexer, IndexStats
 from wmpd.library import catalog_status, run_index
 from wmpd.pipeline import Candidate
+from wmpd.repair import repair_data_dir
 from wmpd.scan import fingerprint
 from wmpd.vectors import INDEX_FILE_NAME, VectorIndex
 
@@ -423,6 +424,26 @@ def test_excluding_a_folder_removes_its_files(
 
     assert result.removed == len(trips)
     assert all(str(p) not in state_of(config).paths for p in trips)
+
+
+def test_a_corrupt_catalog_fails_the_run_and_frees_the_lock_for_repair(
+    folder: images.MixedFolder, config: Config, indexed: State
+) -> None:
+    data_dir = DataDir(config.index.data_dir)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{data_dir.catalog_path}{suffix}").unlink(missing_ok=True)
+    data_dir.catalog_path.write_bytes(b"not sqlite " * 500)
+
+    with pytest.raises(CatalogError, match="wmpd repair") as caught:
+        run_index(config)
+
+    # The caller still holds the error, and with it the failed call's frames, while it
+    # repairs in the same process: the lock must not live on in those frames.
+    assert lock_holder(data_dir) is None
+    lines = repair_data_dir(data_dir.path)
+    assert any("damaged" in line for line in lines)
+    assert str(data_dir.catalog_path) in str(caught.value)
+    assert index(config).embedded == GOOD
 
 
 # -- the vector index is derived: rebuilt, never re-embedded --------------------------------

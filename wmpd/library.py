@@ -56,7 +56,11 @@ def run_index(
     started = time.perf_counter()
     data_dir = DataDir(config.index.data_dir)
     lock = acquire_writer_lock(data_dir, "wmpd index")
-    catalog = Catalog(data_dir.catalog_path)
+    try:
+        catalog = Catalog(data_dir.catalog_path)
+    except BaseException:
+        lock.release()  # e.g. a corrupt catalog: `wmpd repair` needs the lock next
+        raise
     try:
         embedder = Embedder(config.model)
         embedder.load()
