@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 CATALOG_FILE_NAME = "catalog.sqlite3"
 LOCK_FILE_NAME = "wmpd.lock"
 THUMBNAIL_DIR_NAME = "thumbnails"
+FREE_SPACE_FLOOR_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,14 @@ def open_vectors(catalog: Catalog, data_dir: DataDir, model_id: str, dim: int) -
 def save_vectors(vectors: VectorIndex, catalog: Catalog, data_dir: DataDir, model_id: str) -> None:
     try:
         vectors.save(data_dir.path, index_stamp(catalog, model_id))
+    except RuntimeError as exc:
+        # faiss reports a failed write (a full disk among others) as a RuntimeError.
+        full = "No space left" in str(exc) or _free_bytes(data_dir.path) < FREE_SPACE_FLOOR_BYTES
+        raise DiskFullError(
+            f"the index could not be written to {data_dir.path} ({exc}); "
+            + ("the disk is full: free some space" if full else "check the disk")
+            + " (it is rebuilt from the catalog at the next start)"
+        ) from exc
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise DiskFullError(
@@ -127,3 +137,10 @@ def save_vectors(vectors: VectorIndex, catalog: Catalog, data_dir: DataDir, mode
                 f"be saved (it is rebuilt from the catalog at the next start); free some space"
             ) from exc
         raise
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0

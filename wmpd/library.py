@@ -79,7 +79,10 @@ def run_index(
                 catalog.purge_orphans()
         finally:
             indexer.close()
-            save_vectors(vectors, catalog, data_dir, embedder.model_id)
+        # Saved only after a complete run: an interruption between a commit and its FAISS
+        # update would otherwise stamp a lagging index as current. Unsaved, the old file's
+        # older generation makes the next start rebuild from the catalog instead.
+        save_vectors(vectors, catalog, data_dir, embedder.model_id)
         result.seconds = time.perf_counter() - started
         return result
     finally:
