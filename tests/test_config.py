@@ -77,7 +77,7 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
     assert config.folders == (FolderConfig(path=tmp_path / "pics"),)
     assert config == Config(folders=(FolderConfig(tmp_path / "pics"),))
     assert config.extensions == (
-        "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"
+        "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"
     )  # fmt: skip
     assert config.exclude == (".*", "@eaDir", "#recycle", "$RECYCLE.BIN", "lost+found")
     assert config.model == ModelConfig("ViT-B-32", "laion2b_s34b_b79k", "fp32", 0, 32, "cpu")
