@@ -5,8 +5,10 @@ Starts a real `wmpd run` on a temporary folder (HTTP on a free port) and measure
 1. latency: photos dropped into the folder one at a time; for each, the time from the
    file being closed to `POST /api/search {"path": ...}` answering 200 (the daemon has it
    in the catalog *and* the vector index). Reported as p50/p95/max.
-2. throughput: a burst of small photos renamed into the folder as fast as possible; the
+2. throughput: a burst of small photos renamed into a subfolder as fast as possible; the
    time from the first arrival until every one is searchable (`images` in /api/status).
+3. a folder rename: that subfolder renamed; the time until its photos are searchable at
+   their new paths, and the image count after it (a rename must not re-add anything).
 
     python bench/freshness.py [--files 50] [--burst 1000] [--settle 0.3]
 
@@ -158,9 +160,11 @@ def measure_burst(daemon: Daemon, count: int, size: int) -> dict[str, float]:
     for number in range(count):
         write_photo(staging / f"burst{number}.jpg", 10_000 + number, size)
     before = daemon.status()["images"]
+    target = daemon.photos / "burst"
+    target.mkdir()
     started = time.monotonic()
     for source in sorted(staging.iterdir()):
-        os.rename(source, daemon.photos / source.name)
+        os.rename(source, target / source.name)
     arrived = time.monotonic() - started
     peak_rate = 0.0
 
@@ -181,6 +185,17 @@ def measure_burst(daemon: Daemon, count: int, size: int) -> dict[str, float]:
     }
 
 
+def measure_folder_rename(daemon: Daemon, count: int) -> float:
+    """Rename the burst's folder: seconds until every photo is searchable at its new path."""
+    old, new = daemon.photos / "burst", daemon.photos / "burst renamed"
+    renamed = time.monotonic()
+    old.rename(new)
+    for number in (0, count // 2, count - 1):  # rows are rewritten in one transaction
+        path = new / f"burst{number}.jpg"
+        daemon.wait(lambda p=path: daemon.searchable(p), 60, f"{path.name} at its new path")
+    return time.monotonic() - renamed
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -196,6 +211,8 @@ def main() -> None:
             startup = time.monotonic() - started
             latencies = measure_latency(daemon, args.files, args.size)
             burst = measure_burst(daemon, args.burst, args.size)
+            rename_seconds = measure_folder_rename(daemon, args.burst)
+            images_after_rename = daemon.status()["images"]
         finally:
             code = daemon.stop()
     result = {
@@ -210,6 +227,8 @@ def main() -> None:
         "latency_max_seconds": round(max(latencies), 3),
         "latency_minus_settle_p50_seconds": round(statistics.median(latencies) - args.settle, 3),
         "burst": burst,
+        "folder_rename_seconds": round(rename_seconds, 3),
+        "images_after_rename": images_after_rename,
         "exit_code": code,
     }
     rows = [
@@ -222,6 +241,8 @@ def main() -> None:
         (f"burst of {burst['files']}: all searchable after (s)", burst["seconds"]),
         ("burst throughput (images/s)", burst["images_per_second"]),
         ("daemon's own peak rate (images/s)", burst["daemon_peak_rate"]),
+        ("rename of that folder: all at the new path after (s)", result["folder_rename_seconds"]),
+        ("images after the rename (nothing re-added)", images_after_rename),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

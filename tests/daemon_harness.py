@@ -88,11 +88,13 @@ def write_photo(path: Path, seed: int, size: int = 48) -> Path:
     return path
 
 
-def photos_on_disk(roots: Iterable[Path]) -> dict[str, str]:
-    """Every photo under these roots → its content hash (what the catalog keys images by)."""
+def photos_on_disk(roots: Iterable[Path], data_dir: Path | None = None) -> dict[str, str]:
+    """Every photo under these roots (not wmpd's own files) → its content hash."""
     found: dict[str, str] = {}
     for root in roots:
         for path in root.rglob("*"):
+            if data_dir is not None and path.is_relative_to(data_dir):
+                continue  # thumbnails, when the data directory is inside a folder
             if path.suffix.lower() in EXTENSIONS and path.is_file():
                 found[str(path)] = content_hash(path.read_bytes())
     return found
@@ -136,7 +138,7 @@ def check_consistent(config: Config, roots: Iterable[Path]) -> CatalogView:
     image with its content; nothing else has one; the saved FAISS index holds exactly the
     searchable images.
     """
-    on_disk = photos_on_disk(roots)
+    on_disk = photos_on_disk(roots, config.index.data_dir)
     view = read_catalog(config)
     data_dir = DataDir(config.index.data_dir)
     catalog = Catalog(data_dir.catalog_path, readonly=True)
@@ -280,11 +282,11 @@ class Daemon:
         assert self.process is not None
         self.process.send_signal(signum)
 
-    def stop(self, timeout: float = 15.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took)."""
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> tuple[int, float]:
+        """SIGTERM (or `signum`); returns (exit code, seconds it took)."""
         assert self.process is not None
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signum)
         code = self.process.wait(timeout)
         return code, time.monotonic() - started
 
@@ -304,8 +306,12 @@ class Daemon:
         return f"http://127.0.0.1:{self.config.server.port}{path}{query}"
 
     def get_json(self, path: str, **params: Any) -> Any:
+        return json.loads(self.get(path, **params))
+
+    def get(self, path: str, **params: Any) -> bytes:
         with urllib.request.urlopen(self.url(path, **params), timeout=10) as response:
-            return json.loads(response.read())
+            body: bytes = response.read()
+            return body
 
     def post_json(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         request = urllib.request.Request(

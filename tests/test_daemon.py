@@ -386,6 +386,32 @@ def test_a_model_that_cannot_load_leaves_the_daemon_up_and_saying_why(
     assert str(corrupt) in daemon.log()
     time.sleep(0.5)
     assert daemon.alive()
+    assert daemon.stop(signal.SIGINT) == (0, pytest.approx(0, abs=SIGTERM_EXIT_SECONDS))
+
+
+def test_the_periodic_rescan_finds_what_no_watcher_reported(
+    tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    photos = tmp_path / "photos"
+    write_photo(photos / "a.png", 1)
+    # Polling so slow that it never looks again during the test: only the rescan can see.
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        [photos],
+        tmp_path / "data",
+        polling=True,
+        poll_interval=3600,
+        rescan_interval="1s",
+    )
+    daemon = start_daemon(config_path)
+    daemon.wait_ready()
+    daemon.wait_catalog(has_paths(photos / "a.png"), "the first scan")
+    write_photo(photos / "b.png", 2)
+    (photos / "a.png").unlink()
+    daemon.wait_catalog(
+        lambda v: set(v.paths) == {str(photos / "b.png")}, "the rescan's findings", 20
+    )
+    assert daemon.log().count("reconciled") >= 2
     code, seconds = daemon.stop()
     assert code == 0
     assert seconds < SIGTERM_EXIT_SECONDS
@@ -431,10 +457,11 @@ def test_http_status_and_search_while_indexing_by_polling(
     for number in range(10):
         write_photo(photos / f"{number}.png", number)
     port = free_port()
+    data_dir = photos / "wmpd-data"  # inside the folder: its thumbnails must not be indexed
     config_path = write_config(
         tmp_path / "config.yaml",
         [photos],
-        tmp_path / "data",
+        data_dir,
         port=port,
         polling=True,
         poll_interval=0.3,
@@ -473,8 +500,16 @@ def test_http_status_and_search_while_indexing_by_polling(
         assert all(Path(hit["path"]).exists() for hit in body["results"])
     assert answers[-1][1]["results"][0]["path"] == str(photos / "0.png")
 
-    # A rename, noticed by polling, is a path update.
+    # Thumbnails land in the data directory, inside the watched folder, and stay out.
     image_id = answers[-1][1]["results"][0]["id"]
+    assert daemon.get(f"/thumb/{image_id}").startswith(b"\xff\xd8")
+    assert list((data_dir / "thumbnails").rglob("*.jpg"))
+    # A photo written after the thumbnail is noticed no earlier and queued behind it.
+    sentinel = write_photo(photos / "after-thumbnail.png", 999)
+    daemon.wait_catalog(has_paths(sentinel), "a photo written after the thumbnail")
+    assert not [p for p in daemon.catalog().paths if Path(p).is_relative_to(data_dir)]
+
+    # A rename, noticed by polling, is a path update.
     (photos / "0.png").rename(photos / "zero.png")
     daemon.wait_for(
         lambda: daemon.post_json("/api/search", {"path": str(photos / "zero.png")})[0] == 200,
@@ -482,10 +517,39 @@ def test_http_status_and_search_while_indexing_by_polling(
     )
     assert daemon.post_json("/api/search", {"path": str(photos / "0.png")})[0] == 404
     hits = daemon.get_json("/api/search", q="a photo", k=100)["results"]
-    assert {hit["path"] for hit in hits} == set(photos_on_disk([photos]))
+    assert {hit["path"] for hit in hits} == set(photos_on_disk([photos], data_dir))
     assert image_id in {hit["id"] for hit in hits}
 
     code, seconds = daemon.stop()
     assert code == 0
     assert seconds < SIGTERM_EXIT_SECONDS
+    check_consistent(daemon.config, [photos])
+
+
+@pytest.mark.slow
+def test_renaming_a_folder_of_a_thousand_photos_rewrites_paths_only(
+    tmp_path: Path, start_daemon: DaemonFactory
+) -> None:
+    photos = tmp_path / "photos"
+    for number in range(1000):
+        write_photo(photos / "2023" / f"{number}.png", number, size=24)
+    config_path = write_config(tmp_path / "config.yaml", [photos], tmp_path / "data", batch_size=64)
+    daemon = start_daemon(config_path)
+    daemon.wait_ready()
+    daemon.wait_catalog(lambda v: len(v.paths) == 1000, "the folder indexed", 300)
+    daemon.wait_idle()
+    rows_before = path_rows(daemon)
+    images_before = daemon.catalog().image_count
+    renamed = time.monotonic()
+    (photos / "2023").rename(photos / "2023 - Iceland")
+    daemon.wait_catalog(
+        has_paths(*(photos / "2023 - Iceland" / f"{n}.png" for n in range(1000))), "the rename"
+    )
+    seconds = time.monotonic() - renamed
+    rows_after = path_rows(daemon)
+    assert sorted(rows_after.values()) == sorted(rows_before.values())  # same rows, same images
+    assert daemon.catalog().image_count == images_before
+    assert seconds < 5.0
+    code, _ = daemon.stop()
+    assert code == 0
     check_consistent(daemon.config, [photos])

@@ -266,3 +266,15 @@ def test_running_out_of_inotify_watches_falls_back_to_polling(tmp_path: Path) ->
     assert report["small"] == [False, None]
     assert report["lost"], result.stderr
     assert all(Path(p).parent == small for p in report["lost"])
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_a_watch_knows_when_its_root_is_gone(tmp_path: Path, polling: bool) -> None:
+    root = tmp_path / "card"
+    write(root / "a.jpg")
+    with watching(rules_for(root), polling=polling) as (watch, changes):
+        assert watch.alive()
+        shutil.rmtree(root)
+        seen = collect(changes, has("delete_dir", root))
+        assert Change("delete_dir", root) in seen
+        assert not watch.alive()  # the observer thread lives on; its emitter stopped

@@ -8,6 +8,8 @@ close the catalog → release the lock.
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import logging
 import os
 import queue
@@ -59,7 +61,7 @@ class Daemon:
         reload_event: threading.Event | None = None,
     ) -> None:
         self.config_path = config_path
-        self.config = config
+        self.config = config = keep_data_dir_out(config)
         self.verbose = verbose
         self.data_dir = DataDir(config.index.data_dir)
         self.stop_event = stop_event or threading.Event()
@@ -191,7 +193,7 @@ class Daemon:
 
     def reload_config(self) -> None:
         try:
-            config = load_config(self.config_path)
+            config = keep_data_dir_out(load_config(self.config_path))
         except ConfigError as exc:
             logger.error("config not reloaded, keeping the last good one:\n%s", exc)
             self.status.warn(
@@ -239,6 +241,24 @@ class Daemon:
         self.status_file.remove()
         self._lock.release()
         logger.info("stopped")
+
+
+def keep_data_dir_out(config: Config) -> Config:
+    """Never index wmpd's own files when index.data_dir lies inside a watched folder.
+
+    Its thumbnails are JPEGs: indexed, they would show up in searches and be thumbnailed
+    in turn. The data directory is added to that folder's excludes.
+    """
+    data_dir = config.index.data_dir
+    folders = []
+    for folder in config.folders:
+        if data_dir != folder.path and data_dir.is_relative_to(folder.path):
+            relative = glob.escape(data_dir.relative_to(folder.path).as_posix())
+            # A pattern with a "/" is matched against the whole relative path: "data/"
+            # excludes everything below that one directory, not every "data" folder.
+            folder = dataclasses.replace(folder, exclude=(*folder.exclude, f"{relative}/"))
+        folders.append(folder)
+    return dataclasses.replace(config, folders=tuple(folders))
 
 
 def _status_line(status: dict[str, Any]) -> str:

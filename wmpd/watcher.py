@@ -125,7 +125,9 @@ class RootWatch:
     detail: str | None = None
 
     def alive(self) -> bool:
-        return self.observer.is_alive()
+        # An emitter stops on its own when the root is deleted (the observer thread lives on).
+        emitters = self.observer.emitters
+        return self.observer.is_alive() and bool(emitters) and all(e.is_alive() for e in emitters)
 
 
 def watch_root(

@@ -223,9 +223,14 @@ class Worker(threading.Thread):
         self._mark_dirty(moved)
         if is_dir and not self.roots.same_rules(change.path, change.dest):
             self._rescan_all = True  # files excluded before may be wanted now, or the reverse
-        elif not is_dir and not moved and is_candidate(change.dest, dest_root.rules):
-            found = fingerprint(change.dest)  # never indexed under its old name: read it now
-            if found is not None:
+        elif not is_dir and is_candidate(change.dest, dest_root.rules):
+            # Never indexed under its old name, or the row that moved no longer describes
+            # the file (a rename keeps size and mtime): read it under the new name.
+            found = fingerprint(change.dest)
+            row = self.indexer.catalog.path_row(str(change.dest)) if moved else None
+            if found is not None and (
+                row is None or (row.size, row.mtime_ns) != (found.size, found.mtime_ns)
+            ):
                 self._queue_file(change.dest, found)
 
     def _rebase_ready(self, old: Path, new: Path, is_dir: bool, dest_root: Root | None) -> None:
@@ -262,8 +267,11 @@ class Worker(threading.Thread):
             self._queue(candidate)
 
     def _forget_ready(self, root_ids: set[int]) -> None:
-        for path in [p for p, c in self._ready.items() if c.root_id in root_ids]:
+        dropped = [p for p, c in self._ready.items() if c.root_id in root_ids]
+        for path in dropped:
             del self._ready[path]
+        if dropped:
+            self.status.add_total(-len(dropped))  # they wait for their root, not in the ETA
 
     # -- embedding ----------------------------------------------------------------------
 
