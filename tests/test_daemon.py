@@ -149,6 +149,11 @@ def test_a_day_in_the_life(tmp_path: Path, start_daemon: DaemonFactory) -> None:
     daemon.wait_catalog(has_paths(broken), "a repaired file indexed")
     assert str(broken) not in daemon.catalog().failures
 
+    # Politeness: indexing threads run at a lower priority than the rest of the process.
+    nice = thread_niceness(daemon.pid)
+    assert nice[daemon.pid] == 0
+    assert max(nice.values()) == 10
+
     # The CLI sees the running daemon (its HTTP server is off).
     shown = wmpd_cli("--config", str(config_path), "status")
     assert shown.returncode == 0, shown.stderr
@@ -169,6 +174,15 @@ def test_a_day_in_the_life(tmp_path: Path, start_daemon: DaemonFactory) -> None:
     assert seconds < SIGTERM_EXIT_SECONDS
     assert daemon.status()["state"] == "stopped"
     check_consistent(daemon.config, [photos])
+
+
+def thread_niceness(pid: int) -> dict[int, int]:
+    """Thread id → nice value, from /proc (field 19 of each task's stat)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        found[int(task.name)] = int(fields[16])
+    return found
 
 
 def _failed_at(daemon: Daemon, path: Path) -> float:
@@ -358,6 +372,7 @@ def test_kill_9_during_a_burst_loses_nothing(tmp_path: Path, start_daemon: Daemo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 21 model loads: about 200 s on a busy 2-core machine
 def test_kill_9_twenty_times_loses_nothing(tmp_path: Path, start_daemon: DaemonFactory) -> None:
     run_kill_cycles(tmp_path, start_daemon, kills=20, seed=11)
 
