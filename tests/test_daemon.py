@@ -457,6 +457,13 @@ def test_too_few_inotify_watches_means_polling_that_root(
     assert any("max_user_watches" in w for w in status["warnings"])
     late = write_photo(big / "album3" / "late.png", 999)
     daemon.wait_catalog(has_paths(late), "a photo noticed by polling")
+
+    # Running out later, as new folders appear: that root switches to polling too.
+    for number in range(limit):
+        (small / f"new{number}").mkdir()
+    daemon.wait_for(lambda: _root_state(daemon, small) == "polling", "the second fallback")
+    deep = write_photo(small / f"new{limit - 1}" / "deep.png", 1000)
+    daemon.wait_catalog(has_paths(deep), "a photo in a folder inotify could not watch")
     code, _ = daemon.stop()
     assert code == 0
     check_consistent(daemon.config, [big, small])
