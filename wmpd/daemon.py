@@ -142,7 +142,11 @@ class Daemon:
         with self._start_lock:
             if self.stop_event.is_set():
                 return
-            self._start_worker()
+            try:
+                self._start_worker()
+            except Exception as exc:  # e.g. the catalog unreadable: say so, keep serving status
+                logger.exception("cannot start indexing")
+                self.status.set_state("model_error", f"cannot start indexing: {exc}")
 
     def _start_worker(self) -> None:
         catalog = self.catalog
