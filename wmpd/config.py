@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import ipaddress
 import itertools
 import logging
@@ -388,3 +389,21 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def keep_data_dir_out(config: Config) -> Config:
+    """Never index wmpd's own files when index.data_dir lies inside a watched folder.
+
+    Its thumbnails are JPEGs: indexed, they would show up in searches and be thumbnailed
+    in turn. The data directory is added to that folder's excludes.
+    """
+    data_dir = config.index.data_dir
+    folders = []
+    for folder in config.folders:
+        if data_dir != folder.path and data_dir.is_relative_to(folder.path):
+            relative = glob.escape(data_dir.relative_to(folder.path).as_posix())
+            # A pattern with a "/" is matched against the whole relative path: "data/"
+            # excludes everything below that one directory, not every "data" folder.
+            folder = dataclasses.replace(folder, exclude=(*folder.exclude, f"{relative}/"))
+        folders.append(folder)
+    return dataclasses.replace(config, folders=tuple(folders))

@@ -8,8 +8,6 @@ close the catalog → release the lock.
 
 from __future__ import annotations
 
-import dataclasses
-import glob
 import logging
 import os
 import queue
@@ -22,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from wmpd.catalog import Catalog
-from wmpd.config import Config, load_config
+from wmpd.config import Config, keep_data_dir_out, load_config
 from wmpd.datadir import DataDir, acquire_writer_lock, open_vectors
 from wmpd.embedder import Embedder
 from wmpd.errors import ConfigError, ModelLoadError
@@ -245,24 +243,6 @@ class Daemon:
         self.status_file.remove()
         self._lock.release()
         logger.info("stopped")
-
-
-def keep_data_dir_out(config: Config) -> Config:
-    """Never index wmpd's own files when index.data_dir lies inside a watched folder.
-
-    Its thumbnails are JPEGs: indexed, they would show up in searches and be thumbnailed
-    in turn. The data directory is added to that folder's excludes.
-    """
-    data_dir = config.index.data_dir
-    folders = []
-    for folder in config.folders:
-        if data_dir != folder.path and data_dir.is_relative_to(folder.path):
-            relative = glob.escape(data_dir.relative_to(folder.path).as_posix())
-            # A pattern with a "/" is matched against the whole relative path: "data/"
-            # excludes everything below that one directory, not every "data" folder.
-            folder = dataclasses.replace(folder, exclude=(*folder.exclude, f"{relative}/"))
-        folders.append(folder)
-    return dataclasses.replace(config, folders=tuple(folders))
 
 
 def _status_line(status: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wmpd.catalog import Catalog
-from wmpd.config import Config
+from wmpd.config import Config, keep_data_dir_out
 from wmpd.datadir import (
     DataDir,
     WriterLock,
@@ -54,6 +54,7 @@ def run_index(
     import time
 
     started = time.perf_counter()
+    config = keep_data_dir_out(config)
     data_dir = DataDir(config.index.data_dir)
     lock = acquire_writer_lock(data_dir, "wmpd index")
     try:
