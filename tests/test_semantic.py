@@ -167,3 +167,36 @@ def test_cli_search_finds_the_picture(
         ("blue", "star"),
     ]
     assert results[0]["score"] >= results[1]["score"]
+
+
+def test_daemon_serves_the_right_pictures_over_http(
+    scene_folder: tuple[Path, list[LabelledImage]], tmp_path: Path, tiny_weights: Path
+) -> None:
+    """The same scenes, this time noticed by `wmpd run` and searched over its JSON API."""
+    from tests.daemon_harness import Daemon, free_port, write_config
+
+    _, images = scene_folder
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    daemon = Daemon(
+        write_config(tmp_path / "config.yaml", [folder], tmp_path / "data", port=free_port()),
+        tmp_path / "daemon.log",
+    ).start()
+    try:
+        daemon.wait_ready(timeout=120)
+        # Dropped in while the daemon runs: the watcher, not a start-up scan, finds them.
+        chosen = [im for im in images if im.shape in ("star", "heart")]
+        for image in chosen:
+            (folder / image.path.name).write_bytes(image.path.read_bytes())
+        daemon.wait_for(
+            lambda: daemon.get_json("/api/status")["images"] == len(chosen),
+            "the dropped scenes to be indexed",
+            timeout=120,
+        )
+        by_name = {image.path.name: image for image in chosen}
+        for colour in ("red", "blue", "green"):
+            page = daemon.get_json("/api/search", q=scenes.query_for(colour, "star"), k=2)
+            found = [by_name[Path(hit["path"]).name] for hit in page["results"]]
+            assert [(im.colour, im.shape) for im in found] == [(colour, "star")] * 2, found
+    finally:
+        daemon.stop()
