@@ -162,9 +162,14 @@ def test_start_server_serves_the_config(library: Library, tmp_path: Path) -> Non
         )
         assert (status, json.loads(body)["error"]["code"]) == (413, "payload_too_large")
         huge = b" " * (1000 + (1 << 20) + 10)
-        status, _, _ = request(
-            port, "POST", "/api/search", huge, {"Content-Type": "application/json"}
-        )
+        try:
+            status, _, _ = request(
+                port, "POST", "/api/search", huge, {"Content-Type": "application/json"}
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            # waitress answered 413 and closed before the client finished sending: the
+            # body was refused either way, which is what matters.
+            status = 413
         assert status == 413
         assert get_json(port, "/healthz")[0] == 200
     finally:
