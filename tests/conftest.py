@@ -1,6 +1,4 @@
-"""(Web engineers: the contract called $WEBSPEC in your brief is /work/main/WEBSPEC.md.)
-
-Shared fixtures: real configs on temp folders, and the repository's tiny CLIP model.
+"""Shared fixtures: real configs on temp folders, and the repository's tiny CLIP model.
 
 The model is the one thing tests may substitute, and only with a real open_clip model
 loaded through the product's own path (`model.name` = config JSON, `model.pretrained`

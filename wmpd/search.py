@@ -1,7 +1,6 @@
 """Queries (text, image, mixed, +/-) → ranked hits with their paths and metadata.
 
-The same result shape serves `wmpd search --json` and the HTTP API
-(contract for the web layer, called $WEBSPEC in briefs: /work/main/WEBSPEC.md).
+The same result shape serves `wmpd search --json` and the HTTP API.
 """
 
 from __future__ import annotations
