@@ -36,6 +36,7 @@ IVF = "ivf"
 NPROBE_LADDER = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 CALIBRATION_QUERIES = 200
 CALIBRATION_K = 10
+TEXT_QUERY_COSINE = 0.35
 ADD_CHUNK_VECTORS = 65_536
 
 
@@ -152,19 +153,24 @@ def build_ivf(
 
 
 def calibration_queries(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Half near a stored vector (image queries), half between two (like text queries).
+    """Half image queries (a stored vector, slightly moved), half text-like queries.
 
-    A blend of two unrelated photos lies between clusters, where an inverted file is
-    weakest; a text query embeds away from any single image in the same way.
+    A CLIP text query sits far from every image (cosine ~0.3 to its best matches), where
+    an inverted file is weakest; it is modelled as a stored vector blended with a random
+    direction down to cosine TEXT_QUERY_COSINE with it.
     """
     count = min(CALIBRATION_QUERIES, len(vectors))
-    picks = rng.choice(len(vectors), size=(count, 2))
-    near = vectors[picks[: count // 2, 0]] + 0.05 * rng.standard_normal(
-        (count // 2, vectors.shape[1])
-    ).astype(np.float32) / math.sqrt(vectors.shape[1])
-    between = vectors[picks[count // 2 :, 0]] + vectors[picks[count // 2 :, 1]]
-    queries = np.concatenate([near, between]).astype(np.float32)
-    normalised: np.ndarray = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    picks = vectors[rng.choice(len(vectors), size=count)]
+    directions = _unit(rng.standard_normal(picks.shape).astype(np.float32))
+    near = picks[: count // 2] + 0.05 * directions[: count // 2]
+    far = picks[count // 2 :] * TEXT_QUERY_COSINE + directions[count // 2 :] * math.sqrt(
+        1 - TEXT_QUERY_COSINE**2
+    )
+    return _unit(np.concatenate([near, far]))
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    normalised: np.ndarray = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
     return normalised
 
 
