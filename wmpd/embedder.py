@@ -11,10 +11,11 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ QUERY_THREADS = 1
 # decode, against ~160 with independent streams), and streams keep every core busy
 # without the team's lock-step.
 MIN_IMAGES_PER_STREAM = 4
+# Text queries that arrive together share one forward pass (see _TextBatcher).
+MAX_TEXT_BATCH = 32
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
@@ -104,6 +107,7 @@ class Embedder:
         self._lock = threading.Lock()
         self._batch_threads = 0
         self._streams: ThreadPoolExecutor | None = None
+        self._text_batcher = _TextBatcher(self.encode_texts, MAX_TEXT_BATCH)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
@@ -208,7 +212,7 @@ class Embedder:
             if cached is not None:
                 self._text_cache.move_to_end(text)
                 return cached
-        vector: np.ndarray = self.encode_texts([text])[0]
+        vector = self._text_batcher.encode(text)
         vector.setflags(write=False)
         with self._lock:
             self._text_cache[text] = vector
@@ -217,6 +221,7 @@ class Embedder:
         return vector
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings → (N, D) unit vectors, encoded together on the calling thread."""
         import torch
 
         model = self._require_model()
@@ -230,6 +235,53 @@ class Embedder:
         if self._model is None:
             raise ModelLoadError("the model is not loaded yet")
         return self._model
+
+
+class _TextBatcher:
+    """One thread encodes text queries, taking every query waiting at once as one batch.
+
+    A short query's cost is mostly reading the text tower's weights, so a batch costs far
+    less than its queries one by one (measured, one thread: 8 queries ~2.5x one query),
+    and concurrent clients stop competing for the cores. A lone query waits for nothing.
+    """
+
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int) -> None:
+        self._encode = encode
+        self._max_batch = max_batch
+        self._queue: queue.Queue[tuple[str, Future[np.ndarray]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def encode(self, text: str) -> np.ndarray:
+        future: Future[np.ndarray] = Future()
+        self._queue.put((text, future))
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="wmpd-text", daemon=True)
+                self._thread.start()
+        return future.result()
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._run(batch)
+
+    def _run(self, batch: list[tuple[str, Future[np.ndarray]]]) -> None:
+        texts = list(dict.fromkeys(text for text, _ in batch))  # concurrent repeats once
+        try:
+            vectors = self._encode(texts)
+        except BaseException as exc:  # each caller gets the error (a model error, a bad text)
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        row = {text: n for n, text in enumerate(texts)}
+        for text, future in batch:
+            future.set_result(vectors[row[text]].copy())
 
 
 def _use_threads(count: int) -> None:
