@@ -18,9 +18,11 @@ import struct
 from pathlib import Path
 from types import TracebackType
 
+IN_ACCESS = 0x00000001
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
+IN_OPEN = 0x00000020
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
@@ -42,6 +44,8 @@ WRITE_EVENTS = (
     | IN_MOVE_SELF
 )
 _NAMES = {
+    IN_ACCESS: "access",
+    IN_OPEN: "open",
     IN_MODIFY: "modify",
     IN_ATTRIB: "attrib",
     IN_CLOSE_WRITE: "close_write",
@@ -74,6 +78,48 @@ def snapshot(folders: list[Path]) -> dict[str, FileState]:
     return files
 
 
+class InotifyWatch:
+    """An inotify instance of our own on some directories (not recursive into new ones)."""
+
+    def __init__(self, directories: list[Path], mask: int) -> None:
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self._fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._watches: dict[int, str] = {}
+        self._seen: list[str] = []
+        for directory in directories:
+            wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), mask)
+            if wd < 0:
+                raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
+            self._watches[wd] = str(directory)
+
+    def events(self) -> list[str]:
+        """Every event seen so far, as 'path: kind,kind'."""
+        while self._fd >= 0:
+            try:
+                data = os.read(self._fd, 65536)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    break
+                raise
+            offset = 0
+            while offset < len(data):
+                wd, mask, _, length = _EVENT_HEADER.unpack_from(data, offset)
+                start = offset + _EVENT_HEADER.size
+                name = os.fsdecode(data[start : start + length].rstrip(b"\0"))
+                offset = start + length
+                kinds = [label for bit, label in _NAMES.items() if mask & bit]
+                where = os.path.join(self._watches.get(wd, "?"), name)
+                self._seen.append(f"{where}: {','.join(kinds)}")
+        return list(self._seen)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class PhotoGuard:
     """Hashes and watches folders that nobody but wmpd (reading) may touch."""
 
@@ -81,44 +127,12 @@ class PhotoGuard:
         self.folders = folders
         self.before = snapshot(folders)
         assert self.before, "a guard over no files proves nothing"
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        self._fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self._fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        self._watches: dict[int, str] = {}
-        self._seen: list[str] = []
+        directories = [Path(d) for folder in folders for d, _, _ in os.walk(folder)]
+        self._watch = InotifyWatch(directories, WRITE_EVENTS)
         self.released = False
-        for folder in folders:
-            for dirpath, _, _ in os.walk(folder):
-                self._watch(dirpath)
-
-    def _watch(self, directory: str) -> None:
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), WRITE_EVENTS)
-        if wd < 0:
-            raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
-        self._watches[wd] = directory
 
     def events(self) -> list[str]:
-        """Every write-like event seen so far, as 'path: kind'."""
-        seen = self._seen
-        while True:
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                return list(seen)
-            except OSError as exc:
-                if exc.errno == errno.EAGAIN:
-                    return list(seen)
-                raise
-            offset = 0
-            while offset < len(data):
-                wd, mask, _, length = _EVENT_HEADER.unpack_from(data, offset)
-                raw_name = data[offset + _EVENT_HEADER.size : offset + _EVENT_HEADER.size + length]
-                offset += _EVENT_HEADER.size + length
-                name = os.fsdecode(raw_name.rstrip(b"\0"))
-                kinds = [label for bit, label in _NAMES.items() if mask & bit]
-                where = os.path.join(self._watches.get(wd, "?"), name)
-                seen.append(f"{where}: {','.join(kinds)}")
+        return self._watch.events()
 
     def check(self) -> None:
         """Fail when any guarded file was opened for writing, changed, moved or removed."""
@@ -137,9 +151,7 @@ class PhotoGuard:
         self.close()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._watch.close()
 
     def __enter__(self) -> PhotoGuard:
         return self

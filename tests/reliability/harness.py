@@ -296,8 +296,12 @@ def write_config(
     extra: str = "",
     data_dir: Path | None = None,
     batch_size: int = 8,
+    server_extra: str = "",
 ) -> Path:
-    """A real config on the repository's tiny model (tests/conftest.py writes it)."""
+    """A real config on the repository's tiny model (tests/conftest.py writes it).
+
+    `server_extra` holds more `server:` keys, e.g. "  host: 0.0.0.0\n".
+    """
     write_test_config(
         workdir,
         *folders,
@@ -307,7 +311,11 @@ def write_config(
         data_dir=data_dir,
         batch_size=batch_size,
     )
-    return workdir / "config.yaml"
+    path = workdir / "config.yaml"
+    if server_extra:
+        text = path.read_text().replace(f"  port: {port}\n", f"  port: {port}\n{server_extra}")
+        path.write_text(text)
+    return path
 
 
 class DaemonFactory:
@@ -327,6 +335,7 @@ class DaemonFactory:
         start: bool = True,
         name: str = "daemon",
         batch_size: int = 8,
+        server_extra: str = "",
     ) -> Daemon:
         workdir = self.base / name
         workdir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +348,7 @@ class DaemonFactory:
             extra=extra,
             data_dir=data_dir,
             batch_size=batch_size,
+            server_extra=server_extra,
         )
         daemon = Daemon(workdir, config, port, drop_dac=drop_dac)
         if data_dir is not None:

@@ -31,8 +31,8 @@ from tests.reliability.guard import PhotoGuard
 from tests.reliability.harness import TALLY, Daemon, DaemonFactory, wait_for
 
 CRASH_ROUNDS = int(os.environ.get("WMPD_CRASH_ROUNDS", "20"))
-CRASH_BURST_FILES = 250
-CRASH_WINDOW_SECONDS = 2.5
+CRASH_BURST_FILES = 400
+CRASH_WINDOW_SECONDS = 2.0
 INDEX_FILE = "vectors.faiss"
 META_FILE = "vectors.meta.json"
 CATALOG_FILE = "catalog.sqlite3"
@@ -122,6 +122,9 @@ def test_kill_9_at_random_moments_loses_nothing(daemons: DaemonFactory) -> None:
         daemon.start()
         state = settled(daemon, [root], expect_no_failures=True)
         assert_no_ghost_results(daemon, state)
+        # One more photo, so that the clean stop saves the index whatever the kills left.
+        write_photo(root / "after-the-crashes.png", seed=99_999, size=24)
+        state = settled(daemon, [root], expect_no_failures=True)
         assert daemon.stop() == 0
         check_saved_index(daemon.data_dir, state)
     TALLY.measurements["kill9_rounds"] = CRASH_ROUNDS
@@ -205,6 +208,23 @@ def test_a_damaged_faiss_file_is_rebuilt_from_the_catalog_without_re_embedding(
         kept = {i: v for i, v in rebuilt.vectors.items() if i in saved.vectors}
         assert kept == saved.vectors, f"{name}: vectors are not bit-identical"
         original, saved = state, rebuilt
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: an index rebuilt at start is saved only once something changes, so every "
+    "start rebuilds it again until then",
+)
+def test_a_rebuilt_index_is_saved_at_the_next_clean_stop(
+    indexed: tuple[Daemon, Path, PhotoGuard],
+) -> None:
+    daemon, root, _ = indexed
+    _delete(daemon.data_dir)
+    daemon.start()
+    state = settled(daemon, [root])
+    assert daemon.stop() == 0
+    assert (daemon.data_dir / INDEX_FILE).exists(), "the rebuilt index was not saved"
+    check_saved_index(daemon.data_dir, state)
 
 
 # -- a damaged catalog ---------------------------------------------------------------------

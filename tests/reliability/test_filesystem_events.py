@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -273,6 +274,9 @@ def test_an_invalid_config_keeps_the_last_good_one(watched: Watched, broken: str
         warning = next(w for w in status["warnings"] if "config" in w)
         assert str(daemon.config_path) in warning
         assert "Traceback" not in warning
+        os.kill(daemon.pid, signal.SIGHUP)  # an explicit reload of the broken file, too
+        time.sleep(1.0)
+        assert daemon.alive(), daemon.describe()
         # Still watching and indexing under the last good config.
         added = write_photo(watched.photos / "after-bad-config" / "new.png", seed=40_000)
         wait_catalog(watched, lambda s: str(added) in s.paths, "a file added meanwhile", 30)
@@ -284,6 +288,15 @@ def test_an_invalid_config_keeps_the_last_good_one(watched: Watched, broken: str
     daemon.wait_status(lambda s: not s["warnings"], "the warning to clear with a good config")
     settle_and_check(watched)
     assert daemon.alive()
+
+
+def test_a_clean_stop_after_all_that_saves_exactly_the_catalog(watched: Watched) -> None:
+    state = settle_and_check(watched)
+    assert watched.daemon.stop() == 0
+    check_saved_index(
+        watched.daemon.data_dir, check_consistent(watched.daemon.data_dir, watched.roots)
+    )
+    assert read_catalog(watched.daemon.data_dir).images == state.images
 
 
 @pytest.mark.slow
