@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 EXACT = "exact"
 IVF = "ivf"
 NPROBE_LADDER = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-CALIBRATION_QUERIES = 200
+CALIBRATION_QUERIES = 400
 CALIBRATION_K = 10
 TEXT_QUERY_COSINE = 0.35
 ADD_CHUNK_VECTORS = 65_536
@@ -201,15 +201,23 @@ def calibrate_nprobe(
     target: float,
     rng: np.random.Generator,
 ) -> int:
-    """The smallest nprobe whose recall@10 reaches `target` on queries like real ones."""
+    """The smallest nprobe whose recall@10 reaches `target` for each kind of query.
+
+    Image and text-like queries are held to the target separately: averaged, the easy
+    image queries would hide text queries well below it.
+    """
     queries = calibration_queries(vectors, rng)
     truth = ids[exact_top_k(vectors, queries, CALIBRATION_K)]
+    half = len(queries) // 2
     for nprobe in NPROBE_LADDER:
         if nprobe >= index.nlist:
             break
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         _, found = index.search(queries, CALIBRATION_K, params=params)
-        if recall_at_k(found, truth) >= target:
+        worst = min(
+            recall_at_k(found[:half], truth[:half]), recall_at_k(found[half:], truth[half:])
+        )
+        if worst >= target:
             return nprobe
     return int(index.nlist)
 
