@@ -127,15 +127,30 @@ def naive_loop(model: Any, preprocess: Any, files: list[Path]) -> float:
 
 
 def wmpd_pipeline(folder: Path, work: Path, batch: int, threads: int) -> tuple[float, int]:
+    rate, embedded, _ = wmpd_pipeline_costs(folder, work, batch, threads)
+    return rate, embedded
+
+
+def wmpd_pipeline_costs(
+    folder: Path, work: Path, batch: int, threads: int
+) -> tuple[float, int, float]:
+    """(images/s, images embedded, process CPU ms per image) of run_index over `folder`."""
     from wmpd.config import load_config
     from wmpd.library import run_index
 
     data_dir = work / f"data-{time.monotonic_ns()}"
     config = load_config(write_config(work, [folder], data_dir, batch_size=batch, threads=threads))
     marks: dict[str, float] = {}
-    result = run_index(config, on_plan=lambda total: marks.setdefault("plan", time.perf_counter()))
+
+    def on_plan(total: int) -> None:
+        marks["plan"] = time.perf_counter()
+        marks["cpu"] = time.process_time()
+
+    result = run_index(config, on_plan=on_plan)
     elapsed = time.perf_counter() - marks["plan"]
-    return result.stats.embedded / elapsed, result.stats.embedded
+    cpu_ms = (time.process_time() - marks["cpu"]) * 1000
+    embedded = result.stats.embedded
+    return embedded / elapsed, embedded, cpu_ms / max(1, embedded)
 
 
 def load_embedder(batch: int, threads: int) -> Any:

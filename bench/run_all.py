@@ -20,8 +20,16 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 # In the order they run; quick mode gives each a fraction of a minute.
-BENCHES = ("indexing", "search_latency", "memory", "startup", "precision", "freshness")
-QUICK_SKIPS = frozenset({"precision"})  # minutes even when small: full runs only
+BENCHES = (
+    "indexing",
+    "indexing_tune",
+    "search_latency",
+    "memory",
+    "startup",
+    "precision",
+    "freshness",
+)
+QUICK_SKIPS = frozenset({"precision", "indexing_tune"})  # minutes even when small
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:

@@ -36,13 +36,13 @@ if __package__ in (None, ""):
 
 from bench.common import (
     DIM,
-    MODEL_ID,
     PHOTOS,
     ClipLike,
     DaemonProcess,
     emit_json,
     free_port,
     load_average,
+    model_id_for,
     percentiles,
     print_table,
     synthetic_data_dir,
@@ -165,7 +165,12 @@ class Client:
         return elapsed, json.loads(payload)
 
     def text(self, query: str) -> float:
-        return self.request("GET", f"/api/search?k=20&q={quote(query)}")[0]
+        return self.text_timed(query)[0]
+
+    def text_timed(self, query: str) -> tuple[float, float]:
+        """(client-measured ms, the server's own took_ms: model + search + catalog)."""
+        elapsed, body = self.request("GET", f"/api/search?k=20&q={quote(query)}")
+        return elapsed, float(body["took_ms"])
 
     def by_id(self, image_id: int) -> float:
         body = json.dumps({"image_id": image_id, "k": 20}).encode()
@@ -219,10 +224,12 @@ def concurrent(port: int, queries: list[list[str]]) -> tuple[list[float], float]
     return samples, len(samples) / (time.perf_counter() - started)
 
 
-def http_size(size: int, counts: dict[str, int], work: Path) -> dict[str, Any]:
-    data_dir = synthetic_data_dir(size)
+def http_size(size: int, counts: dict[str, int], work: Path, precision: str) -> dict[str, Any]:
+    data_dir = synthetic_data_dir(size, precision=precision)
     port = free_port()
-    config = write_config(work, [synthetic_root()], data_dir, server=True, port=port)
+    config = write_config(
+        work, [synthetic_root()], data_dir, server=True, port=port, precision=precision
+    )
     daemon = DaemonProcess(config, port, work / f"daemon-{size}.log")
     try:
         daemon.wait_for("/api/status", lambda s: s.get("model_ready"), deadline_s=600)
@@ -231,7 +238,9 @@ def http_size(size: int, counts: dict[str, int], work: Path) -> dict[str, Any]:
         fresh = iter(text_queries(counts["new"] + counts["concurrent"] + 10, seed=size))
         for _ in range(3):
             client.text(next(fresh))  # warm-up: first calls allocate
-        new = [client.text(next(fresh)) for _ in range(counts["new"])]
+        new_timed = [client.text_timed(next(fresh)) for _ in range(counts["new"])]
+        new = [client_ms for client_ms, _ in new_timed]
+        server_ms = [took for _, took in new_timed]
         repeated_query = next(fresh)
         client.text(repeated_query)
         repeated = [client.text(repeated_query) for _ in range(counts["repeated"])]
@@ -252,6 +261,7 @@ def http_size(size: int, counts: dict[str, int], work: Path) -> dict[str, Any]:
     return {
         "n": size,
         "text_new": percentiles(new),
+        "text_new_server_took_ms": percentiles(server_ms),
         "text_repeated": percentiles(repeated),
         "image_by_id": percentiles(by_id),
         "image_upload": percentiles(upload),
@@ -261,18 +271,19 @@ def http_size(size: int, counts: dict[str, int], work: Path) -> dict[str, Any]:
     }
 
 
-def recall_of_saved_index(size: int, embedder: Any, queries: int) -> dict[str, Any]:
+def recall_of_saved_index(size: int, embedder: Any, queries: int, precision: str) -> dict[str, Any]:
     """recall@10 of the index file the daemon loads, against exact search over the catalog."""
     from wmpd import ann
     from wmpd.catalog import Catalog
     from wmpd.datadir import DataDir, index_stamp
     from wmpd.vectors import VectorIndex
 
-    data_dir = DataDir(synthetic_data_dir(size))
+    data_dir = DataDir(synthetic_data_dir(size, precision=precision))
+    model_id = model_id_for(precision)
     catalog = Catalog(data_dir.catalog_path, readonly=True)
     try:
-        stamp = index_stamp(catalog, MODEL_ID)
-        parts = list(catalog.iter_visible_vectors(MODEL_ID))
+        stamp = index_stamp(catalog, model_id)
+        parts = list(catalog.iter_visible_vectors(model_id))
     finally:
         catalog.close()
     ids = np.concatenate([p[0] for p in parts])
@@ -295,12 +306,15 @@ def recall_of_saved_index(size: int, embedder: Any, queries: int) -> dict[str, A
     return result
 
 
-def load_embedder() -> Any:
+def load_embedder(precision: str) -> Any:
     from wmpd.config import load_config
     from wmpd.embedder import Embedder
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(write_config(Path(tmp), [Path(tmp)], Path(tmp) / "d"))
+        directory = Path(tmp)
+        config = load_config(
+            write_config(directory, [directory], directory / "d", precision=precision)
+        )
     embedder = Embedder(config.model)
     embedder.load()
     return embedder
@@ -321,6 +335,11 @@ def print_http(rows: list[dict[str, Any]], recalls: list[dict[str, Any]]) -> Non
             figures = row[key]
             qps = figures.get("qps", "")
             table.append([row["n"], label, figures["p50"], figures["p95"], figures["p99"], qps])
+            if key == "text_new":
+                took = row["text_new_server_took_ms"]
+                table.append(
+                    [row["n"], "  of which server", took["p50"], took["p95"], took["p99"], ""]
+                )
     print_table(
         "Through HTTP (ms, client-measured, k=20)",
         ["n", "query", "p50", "p95", "p99", "qps"],
@@ -342,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="", help="comma list, e.g. 10000,100000")
     parser.add_argument("--index-sizes", default="", help="sizes for the index-alone table")
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--precision", default="fp32", help="model.precision of the daemon")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     quick = args.quick
@@ -358,13 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_before = load_average()
     index_rows = [] if args.skip_index else index_part(index_sizes, 50 if quick else 200)
-    embedder = None if quick else load_embedder()
-    recalls = [recall_of_saved_index(size, embedder, 50 if quick else 200) for size in sizes]
+    embedder = None if quick else load_embedder(args.precision)
+    recalls = [
+        recall_of_saved_index(size, embedder, 50 if quick else 200, args.precision)
+        for size in sizes
+    ]
     del embedder
     rows = []
     with tempfile.TemporaryDirectory(prefix="wmpd-bench-search-") as tmp:
         for size in sizes:
-            rows.append(http_size(size, counts, Path(tmp)))
+            rows.append(http_size(size, counts, Path(tmp), args.precision))
             print_http(rows, recalls[: len(rows)])
     targets = {}
     for row in rows:
@@ -380,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             "index": index_rows,
             "http": rows,
             "recall": recalls,
+            "precision": args.precision,
             "load_average": [round(load_before, 2), round(load_average(), 2)],
             **targets,
         },
