@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -157,6 +158,7 @@ class Daemon:
         self.config_path = config_path
         self.port = port
         self.data_dir = workdir / "data"
+        self.drop_dac = drop_dac
         prefix = ("setpriv", "--bounding-set", DAC_CAPABILITIES, "--") if drop_dac else ()
         self.runner = daemon_harness.Daemon(config_path, workdir / "daemon.log", prefix=prefix)
         self.starts = 0
@@ -284,8 +286,13 @@ class Daemon:
         self.runner.ensure_dead()
 
 
-def setpriv_available() -> bool:
-    return shutil.which("setpriv") is not None
+def needs_setpriv_for_unreadable() -> bool:
+    """True as root: only without its DAC capabilities is a 0o000 file unreadable to it."""
+    return os.geteuid() == 0
+
+
+def can_make_unreadable_files() -> bool:
+    return not needs_setpriv_for_unreadable() or shutil.which("setpriv") is not None
 
 
 def write_config(
