@@ -231,7 +231,10 @@ class Catalog:
                 )
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may already have rolled back (a full disk fails the COMMIT itself);
+            # a second ROLLBACK would then hide the real error.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
 
     def generation(self) -> int:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,6 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wmpd: interrupted; everything committed so far is kept", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except sqlite3.DatabaseError as exc:
+        # Damage deep in the catalog file surfaces only when its pages are read.
+        print(
+            f"wmpd: the catalog is damaged ({exc}); stop wmpd and run `wmpd repair` "
+            f"(your photos are not touched)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 def _configure_logging(level: int) -> None:

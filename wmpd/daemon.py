@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from wmpd.catalog import Catalog
 from wmpd.config import Config, keep_data_dir_out, load_config
 from wmpd.datadir import DataDir, acquire_writer_lock, open_vectors
 from wmpd.embedder import Embedder
-from wmpd.errors import ConfigError, ModelLoadError
+from wmpd.errors import CatalogError, ConfigError, ModelLoadError
 from wmpd.indexer import Indexer
 from wmpd.sdnotify import SystemdNotifier
 from wmpd.search import Searcher
@@ -78,7 +79,18 @@ class Daemon:
         self._lock = acquire_writer_lock(self.data_dir, "the wmpd daemon")
         try:
             self.catalog = Catalog(self.data_dir.catalog_path)
-            self.status.refresh_counts(self.catalog)
+            try:
+                # Damage past the first page only shows when rows are read: counting
+                # reads them, while the error can still name the file and the way out.
+                self.status.refresh_counts(self.catalog)
+                problem = "ok"
+            except sqlite3.DatabaseError as exc:
+                problem = str(exc)
+            if problem != "ok":
+                raise CatalogError(
+                    f"the catalog {self.data_dir.catalog_path} is damaged ({problem}); stop "
+                    f"wmpd and run `wmpd repair` (your photos are not touched)"
+                )
         except BaseException:
             self._lock.release()
             raise
@@ -149,7 +161,9 @@ class Daemon:
     def _start_worker(self) -> None:
         catalog = self.catalog
         model_id = self.embedder.model_id
-        vectors = open_vectors(catalog, self.data_dir, model_id, self.embedder.dim)
+        vectors = open_vectors(
+            catalog, self.data_dir, model_id, self.embedder.dim, save_rebuilt=True
+        )
         self.vectors = vectors
         self.status.set_model_ready(model_id)
         self.status.set_index(len(vectors), consistent=True)

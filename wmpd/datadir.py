@@ -103,8 +103,14 @@ def index_stamp(catalog: Catalog, model_id: str) -> IndexStamp:
     )
 
 
-def open_vectors(catalog: Catalog, data_dir: DataDir, model_id: str, dim: int) -> VectorIndex:
-    """Load the saved index if it matches the catalog; otherwise rebuild it from SQLite."""
+def open_vectors(
+    catalog: Catalog, data_dir: DataDir, model_id: str, dim: int, save_rebuilt: bool = False
+) -> VectorIndex:
+    """Load the saved index if it matches the catalog; otherwise rebuild it from SQLite.
+
+    A writer passes `save_rebuilt` so that the next start loads the rebuilt index instead
+    of rebuilding it again.
+    """
     expected = index_stamp(catalog, model_id)
     loaded = VectorIndex.load(data_dir.path, expected, dim)
     if loaded is not None:
@@ -116,6 +122,11 @@ def open_vectors(catalog: Catalog, data_dir: DataDir, model_id: str, dim: int) -
         len(rebuilt),
         time.perf_counter() - started,
     )
+    if save_rebuilt:
+        try:
+            save_vectors(rebuilt, catalog, data_dir, model_id)
+        except (DiskFullError, OSError) as exc:
+            logger.warning("the rebuilt index could not be saved yet: %s", exc)
     return rebuilt
 
 

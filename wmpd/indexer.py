@@ -179,9 +179,16 @@ class Indexer:
                 plan.unchanged += 1
                 continue
             failure = failures.get(key)
-            if failure is not None and (failure.size, failure.mtime_ns) == (
-                found.size,
-                found.mtime_ns,
+            # A permission fix changes no size or mtime: unreadable files are retried at
+            # every scan (cheap: they fail before any decoding).
+            if (
+                failure is not None
+                and failure.reason != "unreadable"
+                and (
+                    failure.size,
+                    failure.mtime_ns,
+                )
+                == (found.size, found.mtime_ns)
             ):
                 plan.unchanged += 1  # failed before and unchanged since: not retried
                 continue

@@ -10,6 +10,7 @@ happened while nobody was watching.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Root:
     watch: RootWatch | None = None
     online: bool = False
     problem: str | None = None  # why it is offline
+    identity: tuple[int, int] | None = None  # (device, inode) of the directory watched
 
 
 class RootSet:
@@ -152,6 +154,7 @@ class RootSet:
             self._set_offline(root, f"cannot watch {root.folder.path}: {exc}")
             return
         root.online, root.problem = True, None
+        root.identity = _identity(root.folder.path)
         # Watch first, then walk: a change during the walk is caught by one or the other.
         self.reconcile(root)
 
@@ -178,6 +181,12 @@ class RootSet:
                 self._set_offline(root, problem)
             elif not root.online and problem is None:
                 logger.info("folder %s is back; rescanning it", root.folder.path)
+                self._bring_online(root)
+            elif root.online and _identity(root.folder.path) != root.identity:
+                # Moved away and replaced (e.g. by an empty mount point): the old watch
+                # follows the old directory, so watch and scan the new one afresh.
+                logger.warning("folder %s was replaced; rescanning it", root.folder.path)
+                self._unwatch(root)
                 self._bring_online(root)
             elif root.online and root.watch is not None and not root.watch.alive():
                 logger.warning("the watcher of %s stopped; starting it again", root.folder.path)
@@ -274,3 +283,11 @@ class RootSet:
                 self.status.warn(warning_key, None)
             published.append({"path": str(path), "state": state, "detail": detail})
         self.status.set_roots(published)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

@@ -27,7 +27,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from wmpd.scan import RootRules, is_candidate, is_walkable_dir
+from wmpd.scan import RootRules, is_candidate, is_storable_name, is_walkable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,13 @@ class RootEventHandler(FileSystemEventHandler):
             # the directory's own event already covers them (one rename, or one rescan).
             return
         src = Path(os.fsdecode(event.src_path))
+        if event.event_type == "created" and not is_storable_name(src.name):
+            logger.warning(
+                "skipping %r: its name is not valid UTF-8, which the catalog cannot store; "
+                "rename it to index it",
+                str(src),
+            )
+            return
         if isinstance(event, EventsLostEvent):
             logger.warning("the kernel dropped file events under %s; rescanning it", src)
             self._put(Change("scan_dir", self._rules.root))

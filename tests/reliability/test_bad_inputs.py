@@ -366,32 +366,24 @@ def test_every_exif_orientation_is_turned_upright(dropped: Drop) -> None:
     assert min(similarities) > max(controls), (similarities, controls)
 
 
-NEWLINE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: GET /file/<id> is a 500 when the file name holds a newline (send_file puts "
-    "the name in Content-Disposition)",
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
         "with spaces in it.jpg",
         "ünïcødé 写真 🐈.jpg",
-        pytest.param("new\nline.jpg", marks=NEWLINE_BUG),
+        "new\nline.jpg",
         "-leading-dash.jpg",
     ],
 )
 def test_odd_names_are_catalogued_and_served_exactly(dropped: Drop, name: str) -> None:
-    if True:
-        path = dropped.drop / name
-        image = dropped.state.image_of(path)  # type: ignore[union-attr]
-        assert image is not None, name
-        details = dropped.daemon.get(f"/api/images/{image.id}").json()
-        assert details["paths"] == [str(path)]
-        served = dropped.daemon.get(f"/file/{image.id}")
-        assert served.status == 200
-        assert served.body == path.read_bytes()
+    path = dropped.drop / name
+    image = dropped.state.image_of(path)  # type: ignore[union-attr]
+    assert image is not None, name
+    details = dropped.daemon.get(f"/api/images/{image.id}").json()
+    assert details["paths"] == [str(path)]
+    served = dropped.daemon.get(f"/file/{image.id}")
+    assert served.status == 200
+    assert served.body == path.read_bytes()
 
 
 def test_a_name_that_is_not_utf8_is_skipped(dropped: Drop) -> None:
@@ -401,11 +393,6 @@ def test_a_name_that_is_not_utf8_is_skipped(dropped: Drop) -> None:
         assert path not in dropped.state.failures
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a file with a non-UTF-8 name dropped while the daemon runs is ignored "
-    "silently; the warning naming it appears only at the next full scan",
-)
 def test_a_name_that_is_not_utf8_is_logged_when_dropped(dropped: Drop) -> None:
     assert re.search(r"skipping .*Sch.*\.jpg", dropped.daemon.log()), "the name is not logged"
 
@@ -492,11 +479,6 @@ def test_clean_stop_saves_exactly_the_catalog_and_unchanged_failures_stay(droppe
     assert after.images == state.images
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a file made readable (chmod) while the daemon is stopped is never retried: "
-    "the start-up scan compares only size and mtime with the failure",
-)
 def test_a_file_made_readable_while_stopped_is_retried_at_start(dropped: Drop) -> None:
     needs_unreadable_files(dropped)
     daemon = dropped.daemon

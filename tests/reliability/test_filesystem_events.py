@@ -233,12 +233,6 @@ def test_a_root_renamed_away_is_offline_keeps_its_entries_and_comes_back(
     unplug_and_replug(watched, leave_empty_dir=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a root swapped for an empty directory while running stays 'watching' (the "
-    "watch follows the moved directory), so its entries become ghosts; only a full rescan "
-    "marks it offline",
-)
 def test_a_root_replaced_by_an_empty_mount_point_is_offline_and_comes_back(
     watched: Watched,
 ) -> None:

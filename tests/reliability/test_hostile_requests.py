@@ -352,11 +352,6 @@ MULTIPART = "multipart/form-data; boundary=xyzzy"
             400,
             "body",
             id="deeply-nested",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: a deeply nested JSON body is a 500 (RecursionError in "
-                "request.get_json escapes wmpd/web/api.py's _read_json_query)",
-            ),
         ),
     ],
 )

@@ -153,7 +153,10 @@ def _read_form_query() -> PostQuery:
 
 
 def _read_json_query() -> PostQuery:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # absurdly nested JSON: Python's parser gives up
+        raise QueryError("body", "is nested too deeply") from None
     if not isinstance(body, dict):
         raise QueryError("body", "must be a JSON object")
     for name in body:

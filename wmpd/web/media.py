@@ -58,7 +58,7 @@ def original(image_id: int) -> BaseResponse:
         response = send_file(
             opened.file,
             mimetype=_mimetype(image.format, opened.path),
-            download_name=os.path.basename(opened.path),
+            download_name=_header_safe_name(os.path.basename(opened.path)),
             conditional=False,
             etag=image.hash,
             last_modified=opened.mtime,
@@ -92,3 +92,9 @@ def _mimetype(image_format: str | None, path: str) -> str:
     Image.init()
     known = Image.MIME.get(image_format) if image_format else None
     return known or mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def _header_safe_name(name: str) -> str:
+    """The file name for Content-Disposition: control characters (a newline is legal in
+    a Unix file name) cannot go in a header, so they become spaces."""
+    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in name) or "picture"
