@@ -338,7 +338,14 @@ def print_http(rows: list[dict[str, Any]], recalls: list[dict[str, Any]]) -> Non
             if key == "text_new":
                 took = row["text_new_server_took_ms"]
                 table.append(
-                    [row["n"], "  of which server", took["p50"], took["p95"], took["p99"], ""]
+                    [
+                        row["n"],
+                        "  of which search (took_ms)",
+                        took["p50"],
+                        took["p95"],
+                        took["p99"],
+                        "",
+                    ]
                 )
     print_table(
         "Through HTTP (ms, client-measured, k=20)",
