@@ -78,16 +78,18 @@ def make_small_set(sources: list[Path], folder: Path, count: int) -> list[Path]:
     return made
 
 
-def model_alone(encode: Callable[[np.ndarray], Any], count: int, batch: int) -> float:
+def model_alone(encode: Callable[[np.ndarray], Any], count: int, batch: int) -> tuple[float, float]:
+    """(images/s, process CPU ms per image) of the image tower on pre-made tensors."""
     count = max(count, 2 * batch)  # whole batches, as the pipeline mostly runs
     pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     encode(pixels)  # warm-up: first calls allocate
     done = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     while done < count:
         encode(pixels[: min(batch, count - done)])
         done += min(batch, count - done)
-    return done / (time.perf_counter() - started)
+    cpu_ms = (time.process_time() - cpu) * 1000 / done
+    return done / (time.perf_counter() - started), cpu_ms
 
 
 def plain_model() -> tuple[Any, Any]:
@@ -124,11 +126,6 @@ def naive_loop(model: Any, preprocess: Any, files: list[Path]) -> float:
                 rgb = ImageOps.exif_transpose(image).convert("RGB")
             model.encode_image(preprocess(rgb)[None])
     return len(files) / (time.perf_counter() - started)
-
-
-def wmpd_pipeline(folder: Path, work: Path, batch: int, threads: int) -> tuple[float, int]:
-    rate, embedded, _ = wmpd_pipeline_costs(folder, work, batch, threads)
-    return rate, embedded
 
 
 def wmpd_pipeline_costs(
@@ -169,12 +166,16 @@ def load_embedder(batch: int, threads: int) -> Any:
 def measure_set(
     name: str, files: list[Path], work: Path, models: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Wall-clock rates, and CPU time per image: on a busy machine the wall figures of
+    the three runs see different loads, while CPU cost per image barely moves; with every
+    core busy (an idle machine), rate = cores / CPU time, so the CPU ratio is the ratio
+    the pipeline reaches against the model there."""
     folder = files[0].parent
-    torch_team = model_alone(models["plain_encode"], len(files), args.batch)
-    streams = model_alone(models["embedder"].encode_images, len(files), args.batch)
+    torch_team, team_cpu = model_alone(models["plain_encode"], len(files), args.batch)
+    streams, streams_cpu = model_alone(models["embedder"].encode_images, len(files), args.batch)
     naive_files = files[: args.naive_limit] if args.naive_limit else files
     naive = naive_loop(models["plain"], models["preprocess"], naive_files)
-    rate, embedded = wmpd_pipeline(folder, work, args.batch, args.threads)
+    rate, embedded, cpu_ms = wmpd_pipeline_costs(folder, work, args.batch, args.threads)
     ceiling = max(torch_team, streams)
     return {
         "set": name,
@@ -185,6 +186,9 @@ def measure_set(
         "wmpd_ips": round(rate, 2),
         "vs_model": round(rate / ceiling, 3),
         "vs_naive": round(rate / naive, 3),
+        "model_cpu_ms_per_image": round(min(team_cpu, streams_cpu), 1),
+        "wmpd_cpu_ms_per_image": round(cpu_ms, 1),
+        "idle_bound_vs_model": round(min(team_cpu, streams_cpu) / cpu_ms, 3),
     }
 
 
@@ -255,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             "wmpd",
             "wmpd/best model",
             "wmpd/naive",
+            "CPU ms/img model",
+            "CPU ms/img wmpd",
+            "CPU ratio",
         ],
         [
             [
@@ -266,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["wmpd_ips"],
                 r["vs_model"],
                 r["vs_naive"],
+                r["model_cpu_ms_per_image"],
+                r["wmpd_cpu_ms_per_image"],
+                r["idle_bound_vs_model"],
             ]
             for r in results
         ],
