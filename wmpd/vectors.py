@@ -196,8 +196,14 @@ class VectorIndex:
         del ids, vectors
         with self._lock:
             assert self._pending is not None
-            for mutation in self._pending:
-                _apply(fresh, mutation)
+            try:
+                for mutation in self._pending:
+                    _apply(fresh, mutation)
+            except Exception:  # the current index already holds these changes
+                logger.exception("replaying changes onto the new index failed; keeping the old")
+                self._pending = None
+                self._failed_layout = layout
+                return
             logger.info(
                 "vector index is now %s (%d vectors; %d changes replayed)",
                 layout.describe(int(getattr(fresh, "nprobe", 0))),
