@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RUN_CONFIG := $(or $(WMPD_CONFIG),$(wildcard $(HOME)/.config/wmpd/config.yaml),config.example.yaml)
 
-.PHONY: install run index test lint pytest system-deps bench bench-quick clean
+.PHONY: install run index test lint pytest system-deps photos bench bench-quick clean
 
 install: $(STAMP)
 
@@ -34,8 +34,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check wmpd tests bench integrations
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) system-deps photos
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+# Real photographs (freely licensed, from Debian and PyPI packages) for the
+# preprocessing-equivalence tests; those tests skip and say why when the fetch fails.
+FETCH_PHOTOS ?= ../shared/fetch-photos.sh
+photos:
+	@if [ ! -d photos/hires ] || [ -z "$$(ls -A photos/hires 2>/dev/null)" ]; then \
+		if [ -f "$(FETCH_PHOTOS)" ]; then \
+			bash "$(FETCH_PHOTOS)" photos || echo "note: could not fetch the test photos"; \
+		else \
+			echo "note: $(FETCH_PHOTOS) not found; the real-photo tests will be skipped"; \
+		fi; \
+	fi
 
 # Chromium drives the page tests and systemd-analyze checks the unit file. Installed
 # from Debian when missing and we may (root with apt-get); otherwise those tests skip
