@@ -83,6 +83,9 @@ def run_index(
         # Saved only after a complete run: an interruption between a commit and its FAISS
         # update would otherwise stamp a lagging index as current. Unsaved, the old file's
         # older generation makes the next start rebuild from the catalog instead.
+        # A large collection's approximate index may still be building in the background:
+        # save the finished one, or the daemon would rebuild it at its next start.
+        vectors.wait_until_built()
         save_vectors(vectors, catalog, data_dir, embedder.model_id)
         result.seconds = time.perf_counter() - started
         return result
