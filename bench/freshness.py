@@ -52,7 +52,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="model.threads (0: torch's)")
     parser.add_argument("--model", default=str(TINY_CONFIG), help="model.name")
     parser.add_argument("--pretrained", default=str(TINY_WEIGHTS), help="model.pretrained")
-    return parser.parse_args()
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 10 single files, a burst of 100"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.files, args.burst = min(args.files, 10), min(args.burst, 100)
+    return args
 
 
 def free_port() -> int:
