@@ -474,6 +474,12 @@ class Catalog:
         )
         return int(cursor.rowcount)
 
+    def visible_count(self, model_id: str) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM images WHERE orphaned_at IS NULL AND model_id = ?", (model_id,)
+        ).fetchone()
+        return int(row[0])
+
     def visible_ids(self, model_id: str) -> set[int]:
         rows = self._db.execute(
             "SELECT id FROM images WHERE orphaned_at IS NULL AND model_id = ?", (model_id,)

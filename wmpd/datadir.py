@@ -99,7 +99,7 @@ def index_stamp(catalog: Catalog, model_id: str) -> IndexStamp:
     return IndexStamp(
         generation=catalog.generation(),
         model_id=model_id,
-        count=len(catalog.visible_ids(model_id)),
+        count=catalog.visible_count(model_id),
     )
 
 
