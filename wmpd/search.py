@@ -121,7 +121,7 @@ class Searcher:
         total = np.zeros(self._embedder.dim, dtype=np.float32)
         for term in terms:
             total += term.weight * self._embedder.encode_text(term.text)
-        return _unit(total, parameter)
+        return unit_vector(total, parameter)
 
     def image_vector_from_bytes(self, data: bytes, name: str = "upload") -> np.ndarray:
         try:
@@ -256,10 +256,13 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _unit(vector: np.ndarray, parameter: str) -> np.ndarray:
+def unit_vector(
+    vector: np.ndarray, parameter: str, reason: str = "the terms cancel each other out"
+) -> np.ndarray:
+    """A summed query vector made unit length; a sum that cancels out names `parameter`."""
     norm = float(np.linalg.norm(vector))
     if norm < 1e-6:
-        raise QueryError(parameter, "the terms cancel each other out")
+        raise QueryError(parameter, reason)
     return (vector / norm).astype(np.float32)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
 from wmpd.errors import QueryError
-from wmpd.search import Hit, Searcher, SearchPage
+from wmpd.search import Hit, Searcher, SearchPage, unit_vector
 from wmpd.web.context import WebContext, web_context
 from wmpd.web.openapi import openapi_document
 from wmpd.web.params import (
@@ -192,10 +192,7 @@ def _post_vector(searcher: Searcher, query: PostQuery) -> np.ndarray:
     total = np.array(parts[0], dtype=np.float32)
     for part in parts[1:]:
         total += part
-    norm = float(np.linalg.norm(total))
-    if norm < 1e-6:
-        raise QueryError("q", "the words and the picture cancel each other out")
-    return total / norm
+    return unit_vector(total, "q", "the words and the picture cancel each other out")
 
 
 def _vector_for_id(searcher: Searcher, image_id: int, parameter: str) -> np.ndarray:
